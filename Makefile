@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run run-probes test install bench bench-quick addon clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Aggregator, every enabled probe, and a live terminal view. Ctrl+C stops all of them.
+run: $(STAMP)
+	$(VENV)/bin/md-health up
+
+## The probes alone, under their supervisor.
+run-probes: $(STAMP)
+	$(VENV)/bin/md-probes run-all
+
+## The whole test suite (real sockets, real processes, real bpy).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

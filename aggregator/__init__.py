@@ -1,0 +1,1 @@
+"""The aggregator: one process that turns probe events into statistics and snapshots."""

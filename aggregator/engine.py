@@ -1,0 +1,147 @@
+"""The stats engine: events and a clock in, snapshots out. No sockets, no time.time().
+
+Everything here is a pure function of the messages ingested and the times the injected
+clock returned, so every figure can be tested to the millisecond with a fake clock.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+from bus.protocol import STATE_UNKNOWN, Message
+
+PROBE_DEAD_AFTER_BEATS = 3  # missed heartbeats before a probe counts as dead
+WINDOW = 1000  # response times kept for the rolling statistics
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of already sorted values."""
+    if not sorted_values:
+        return 0.0
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+class ServiceState:
+    __slots__ = ("name", "status", "last_check", "last_change", "src", "durations", "ok", "failed")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.status: dict[str, Any] = {"state": STATE_UNKNOWN}
+        self.last_check = 0.0
+        self.last_change = 0.0
+        self.src = ""
+        self.durations: deque[float] = deque(maxlen=WINDOW)
+        self.ok = 0
+        self.failed = 0
+
+
+class Engine:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.services: dict[str, ServiceState] = {}
+        self.probes: dict[str, tuple[float, float, list[str]]] = {}  # src -> (last beat, interval, services)
+
+    def _service(self, name: str) -> ServiceState:
+        svc = self.services.get(name)
+        if svc is None:
+            svc = self.services[name] = ServiceState(name)
+        return svc
+
+    # -- input ------------------------------------------------------------------------
+    def ingest(self, msg: Message) -> set[str]:
+        """Apply one decoded event. Returns the names of services whose record changed."""
+        kind = msg.kind
+        now = self.clock()
+        if kind == "status":
+            return self._on_status(msg, now)
+        if kind == "timing":
+            svc = self._service(msg.body["service"])
+            if msg.body["ok"]:
+                svc.ok += 1
+                svc.durations.append(float(msg.body["duration_ms"]))
+            else:
+                svc.failed += 1
+            return {svc.name}
+        if kind == "heartbeat":
+            services = msg.body.get("services") or []
+            services = [s for s in services if isinstance(s, str)]
+            was_dead = self._probe_dead(msg.src, now)
+            self.probes[msg.src] = (now, float(msg.body["interval"]), services)
+            return set(services) if was_dead else set()
+        return set()
+
+    def _on_status(self, msg: Message, now: float) -> set[str]:
+        body = msg.body
+        svc = self._service(body["service"])
+        previous = svc.status.get("state")
+        svc.status = body
+        svc.src = msg.src
+        svc.last_check = now
+        if body["state"] != previous:
+            svc.last_change = now
+        return {svc.name}
+
+    def _probe_dead(self, src: str, now: float) -> bool:
+        beat = self.probes.get(src)
+        if beat is None:
+            return True
+        last, interval, _ = beat
+        return now - last > PROBE_DEAD_AFTER_BEATS * interval
+
+    def tick(self) -> set[str]:
+        """Advance time: services whose probe just went silent change to unknown."""
+        now = self.clock()
+        changed = set()
+        for name, svc in self.services.items():
+            if svc.src and self._probe_dead(svc.src, now) and svc.status.get("state") != STATE_UNKNOWN:
+                dead = dict(svc.status)
+                dead["state"] = STATE_UNKNOWN
+                dead["error"] = f"no heartbeat from {svc.src} for over {PROBE_DEAD_AFTER_BEATS} intervals; the probe has stopped"
+                dead["error_kind"] = "probe_dead"
+                svc.status = dead
+                svc.last_change = now
+                changed.add(name)
+        return changed
+
+    # -- output -----------------------------------------------------------------------
+    def record(self, name: str) -> dict[str, Any]:
+        svc = self.services[name]
+        values = sorted(svc.durations)
+        total = svc.ok + svc.failed
+        s = svc.status
+        return {
+            "service": name,
+            "kind": s.get("kind", name),
+            "state": s.get("state", STATE_UNKNOWN),
+            "required": bool(s.get("required", False)),
+            "url": s.get("url", ""),
+            "version": s.get("version", ""),
+            "capabilities": s.get("capabilities", []),
+            "error": s.get("error", ""),
+            "error_kind": s.get("error_kind", ""),
+            "details": s.get("details", {}),
+            "probe_alive": bool(svc.src) and not self._probe_dead(svc.src, self.clock()),
+            "last_check": svc.last_check,
+            "last_change": svc.last_change,
+            "stats": {
+                "count": total,
+                "avg_ms": sum(values) / len(values) if values else None,
+                "p50_ms": _quantile(values, 0.50) if values else None,
+                "p95_ms": _quantile(values, 0.95) if values else None,
+                "p99_ms": _quantile(values, 0.99) if values else None,
+                "min_ms": values[0] if values else None,
+                "max_ms": values[-1] if values else None,
+                "success_rate": svc.ok / total if total else None,
+            },
+        }
+
+    def state(self, history_range: str = "5m") -> dict[str, Any]:
+        """The full state a late joiner needs."""
+        return {
+            "services": {name: self.record(name) for name in self.services},
+            "alerts": [],
+            "history": {},
+        }

@@ -1,0 +1,219 @@
+"""The loop every probe runs: check, publish status and timings, heartbeat, obey refresh.
+
+A probe subclass only knows its backend's API (`check()`); this module owns the bus side,
+the damping of flapping states and the stop/refresh handling, so every probe behaves alike.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from bus.protocol import Publisher, Rejection, decode
+from bus.sockets import Endpoints, close, drain, new_context, pub_socket, sub_socket
+
+from .http import ProbeError
+
+log = logging.getLogger("probes")
+
+HEARTBEAT_INTERVAL = 1.0  # seconds; the aggregator declares a probe dead after 3 missed
+CONFIRM_DELAY = 0.25  # seconds before re-checking to confirm a state change
+
+
+@dataclass
+class Timing:
+    endpoint: str
+    duration_ms: float
+    ok: bool
+    error_kind: str | None = None
+
+
+@dataclass
+class CheckResult:
+    """What one check learned. `healthy=False` with `error` set means the check failed."""
+    healthy: bool
+    version: str = ""
+    capabilities: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    error_kind: str = ""
+    # Reachable but wrong (wrong app on the port, bad key): `error`, not `disconnected`.
+    reachable: bool = False
+    timings: list[Timing] = field(default_factory=list)
+
+
+class Probe:
+    """Base class: subclasses set `kind` and implement `check()`."""
+    kind = "base"
+    hint = ""  # what to try when the backend is not running, e.g. "Start it with `python main.py`"
+
+    def __init__(self, service: str, settings: dict[str, Any]) -> None:
+        self.service = service
+        self.settings = settings
+        self.url = settings["url"]
+        self.timeout = float(settings.get("timeout", 2.0))
+        self.interval = float(settings.get("interval", 2.0))
+
+    def check(self) -> CheckResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def timed_get(self, result: CheckResult, path: str, **kwargs):
+        """GET url+path, recording a Timing on `result` whether it succeeds or not."""
+        from .http import get
+
+        start = time.perf_counter()
+        try:
+            resp = get(self.url + path, self.timeout, **kwargs)
+        except ProbeError as exc:
+            result.timings.append(Timing(path, (time.perf_counter() - start) * 1000, False, exc.kind))
+            raise
+        ok = 200 <= resp.status < 300
+        result.timings.append(Timing(path, resp.duration_ms, ok, None if ok else "http_status"))
+        return resp
+
+    def explain(self, exc: ProbeError) -> str:
+        """Turn a request failure into advice a person can act on."""
+        if exc.kind == "refused" and self.hint:
+            return f"{exc.message}: is {self.display_name} running? {self.hint}"
+        if exc.kind == "timeout":
+            return f"{exc.message}: {self.display_name} may be busy or hung; try again or restart it"
+        return exc.message
+
+    @property
+    def display_name(self) -> str:
+        return self.service
+
+    def fail(self, exc: ProbeError, result: CheckResult | None = None) -> CheckResult:
+        r = result or CheckResult(False)
+        r.healthy = False
+        r.error = self.explain(exc)
+        r.error_kind = exc.kind
+        r.reachable = exc.kind in ("http_status", "not_json", "wrong_service", "too_large", "redirect", "auth")
+        return r
+
+
+class StateMachine:
+    """Damps flapping, in both directions.
+
+    A failure from Connected shows Connecting (retrying); only `failures_to_down`
+    consecutive failures show Disconnected (or Error when the backend answered but was
+    wrong). Recovery is debounced the same way. While a change awaits confirmation
+    (`unconfirmed`), the runner re-checks quickly instead of waiting a full interval, so
+    damping costs a fraction of a second rather than whole intervals.
+    """
+
+    def __init__(self, failures_to_down: int = 2) -> None:
+        self.n = max(1, failures_to_down)
+        self.state = "connecting"
+        self._fails = 0
+        self._oks = 0
+
+    @property
+    def unconfirmed(self) -> bool:
+        return 0 < self._fails < self.n or 0 < self._oks < self.n and self.state != "connected"
+
+    def update(self, result: CheckResult) -> str:
+        if result.healthy:
+            self._fails = 0
+            self._oks += 1
+            if self._oks >= self.n or self.state == "connected":
+                self.state = "connected"
+            else:
+                self.state = "connecting"
+        else:
+            self._oks = 0
+            self._fails += 1
+            if self._fails >= self.n:
+                self.state = "error" if result.reachable else "disconnected"
+            else:
+                self.state = "connecting"
+        return self.state
+
+
+class ProbeRunner:
+    """Runs one probe on the bus until `stop` is set."""
+
+    def __init__(self, probe: Probe, endpoints: Endpoints, *, required: bool = False,
+                 failures_to_down: int = 2, stop: threading.Event | None = None) -> None:
+        self.probe = probe
+        self.endpoints = endpoints
+        self.required = required
+        self.stop = stop or threading.Event()
+        self.machine = StateMachine(failures_to_down)
+        self.src = f"probe.{probe.service}"
+
+    def run(self) -> None:
+        ctx = new_context()
+        pub = pub_socket(ctx, self.endpoints.events)
+        control = sub_socket(ctx, self.endpoints.snapshots, prefixes=("control.",))
+        self.publisher = Publisher(pub, self.src)
+        poller = zmq.Poller()
+        poller.register(control, zmq.POLLIN)
+        next_check = time.monotonic()
+        next_beat = time.monotonic()
+        self._publish_status(CheckResult(False), "connecting")
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    self.publisher.send(f"heartbeat.{self.src}", {
+                        "interval": HEARTBEAT_INTERVAL, "services": [self.probe.service],
+                        "dropped": self.publisher.dropped})
+                    next_beat = now + HEARTBEAT_INTERVAL
+                if now >= next_check:
+                    self.check_once()
+                    pause = CONFIRM_DELAY if self.machine.unconfirmed else self.probe.interval
+                    next_check = time.monotonic() + min(pause, self.probe.interval)
+                wait = max(0.0, min(next_check, next_beat) - time.monotonic())
+                if poller.poll(min(wait, 0.2) * 1000) and self._refresh_requested(control):
+                    next_check = time.monotonic()
+        finally:
+            close(pub, control)
+            ctx.term()
+
+    def _refresh_requested(self, control) -> bool:
+        wanted = False
+        for frame in drain(control, 100, 0.01):
+            msg = decode(frame)
+            if isinstance(msg, Rejection) or msg.topic != "control.refresh":
+                continue
+            target = msg.body.get("service")
+            if target in (None, "", self.probe.service):
+                wanted = True
+        return wanted
+
+    def check_once(self) -> CheckResult:
+        try:
+            result = self.probe.check()
+        except ProbeError as exc:
+            result = self.probe.fail(exc)
+        except Exception as exc:  # a probe bug must not kill the loop; say what broke
+            log.exception("probe %s crashed during check", self.probe.service)
+            result = CheckResult(False, error=f"internal probe error: {exc.__class__.__name__}", error_kind="internal")
+        for t in result.timings:
+            self.publisher.send(f"timing.{self.probe.service}", {
+                "service": self.probe.service, "endpoint": t.endpoint, "duration_ms": round(t.duration_ms, 3),
+                "ok": t.ok, "error_kind": t.error_kind})
+        state = self.machine.update(result)
+        self._publish_status(result, state)
+        return result
+
+    def _publish_status(self, result: CheckResult, state: str) -> None:
+        self.publisher.send(f"status.{self.probe.service}", {
+            "service": self.probe.service,
+            "kind": self.probe.kind,
+            "state": state,
+            "url": self.probe.url,
+            "required": self.required,
+            "version": result.version,
+            "capabilities": result.capabilities,
+            "error": result.error,
+            "error_kind": result.error_kind,
+            "details": result.details,
+            "interval": self.probe.interval,
+            "timeout": self.probe.timeout,
+        })

@@ -1,0 +1,65 @@
+"""Command line for probes: run one probe, or all enabled ones under a supervisor."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+
+from bus.config import ConfigError, load
+from bus.lifeline import watch_stdin
+
+from .base import ProbeRunner
+from .registry import make_probe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="md-probes", description="Movie Director health probes.")
+    parser.add_argument("--config", help="TOML config file (default: the platform config dir)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("run", help="run the probe for one service")
+    one.add_argument("service", help="service name from the config, e.g. comfyui")
+    one.add_argument("--url", help="override the service URL")
+    one.add_argument("--interval", type=float, help="seconds between checks")
+    one.add_argument("--timeout", type=float, help="seconds a check may take")
+    sub.add_parser("run-all", help="run every enabled probe, restarting any that crash")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"md-probes: {exc}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+    watch_stdin(stop)
+    if args.command == "run-all":
+        from .supervisor import supervise
+
+        return supervise(cfg, args.config, stop)
+
+    if args.service not in cfg.services:
+        print(f"md-probes: no service {args.service!r} in the config (known: {', '.join(cfg.services)})",
+              file=sys.stderr)
+        return 2
+    settings = dict(cfg.services[args.service])
+    for key in ("url", "interval", "timeout"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    try:
+        probe = make_probe(args.service, settings)
+    except ValueError as exc:
+        print(f"md-probes: {exc}", file=sys.stderr)
+        return 2
+    runner = ProbeRunner(probe, cfg.endpoints, required=settings.get("required", False),
+                         failures_to_down=settings.get("failures_to_down", 2), stop=stop)
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Shared fixtures: free loopback ports, isolated config/data dirs, real processes.
+
+Every test gets its own ports, so several test runs (and a `make run`) can share a machine.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bus.client import MonitorClient
+from bus.lifeline import spawn, stop as stop_child
+from bus.sockets import Endpoints
+from tests.fakes.base import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """No test reads the user's real config or writes into the user's data directory."""
+    monkeypatch.setenv("MD_HEALTH_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("MD_HEALTH_DATA_DIR", str(tmp_path / "data"))
+    for key in list(os.environ):
+        if key.startswith("MD_HEALTH_") and key.endswith("_URL"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(ROOT)
+    return tmp_path
+
+
+@pytest.fixture
+def endpoints(monkeypatch) -> Endpoints:
+    ep = Endpoints.on_ports(free_port(), free_port(), free_port())
+    monkeypatch.setenv("MD_HEALTH_EVENTS", ep.events)
+    monkeypatch.setenv("MD_HEALTH_SNAPSHOTS", ep.snapshots)
+    monkeypatch.setenv("MD_HEALTH_REQUESTS", ep.requests)
+    return ep
+
+
+class Procs:
+    """Starts real child processes (python -m ...) and stops all of them at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: list[subprocess.Popen] = []
+
+    def start(self, *args: str, name: str = "proc", env: dict | None = None) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}-{len(self.children)}.log", "w")
+        proc = spawn([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                     env={**os.environ, **(env or {})})
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.children.append(proc)
+        return proc
+
+    def aggregator(self, *extra: str, **kw) -> subprocess.Popen:
+        return self.start("-m", "aggregator", *extra, "run", name="aggregator", **kw)
+
+    def probe(self, service: str, *extra: str, **kw) -> subprocess.Popen:
+        return self.start("-m", "probes", "run", service, *extra, name=f"probe-{service}", **kw)
+
+    @staticmethod
+    def output(proc: subprocess.Popen) -> str:
+        return Path(proc.log_path).read_text()  # type: ignore[attr-defined]
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.children):
+            stop_child(proc, grace=3.0)
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()
+
+
+def wait_for(predicate, timeout: float = 10.0, client: MonitorClient | None = None, every: float = 0.02):
+    """Poll until predicate() is truthy (pumping `client` if given); returns its value or fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client is not None:
+            client.poll(timeout_ms=int(every * 1000))
+        else:
+            time.sleep(every)
+        value = predicate()
+        if value:
+            return value
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def client(endpoints):
+    c = MonitorClient(endpoints, name="test")
+    yield c
+    c.close()
