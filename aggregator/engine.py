@@ -25,7 +25,8 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 class ServiceState:
-    __slots__ = ("name", "status", "last_check", "last_change", "src", "durations", "ok", "failed")
+    __slots__ = ("name", "status", "last_check", "last_change", "src", "durations", "ok", "failed",
+                 "first_seen", "dead")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -36,6 +37,8 @@ class ServiceState:
         self.durations: deque[float] = deque(maxlen=WINDOW)
         self.ok = 0
         self.failed = 0
+        self.first_seen = 0.0
+        self.dead = False  # probe silent: shown as unknown, while `status` keeps its last report
 
 
 class Engine:
@@ -68,9 +71,8 @@ class Engine:
         if kind == "heartbeat":
             services = msg.body.get("services") or []
             services = [s for s in services if isinstance(s, str)]
-            was_dead = self._probe_dead(msg.src, now)
             self.probes[msg.src] = (now, float(msg.body["interval"]), services)
-            return set(services) if was_dead else set()
+            return set()  # tick() notices a probe coming back
         return set()
 
     def _on_status(self, msg: Message, now: float) -> set[str]:
@@ -78,30 +80,29 @@ class Engine:
         svc = self._service(body["service"])
         previous = svc.status.get("state")
         svc.status = body
-        svc.src = msg.src
+        if svc.src != msg.src:
+            svc.src, svc.first_seen = msg.src, now
         svc.last_check = now
         if body["state"] != previous:
             svc.last_change = now
         return {svc.name}
 
-    def _probe_dead(self, src: str, now: float) -> bool:
+    def _probe_dead(self, src: str, now: float, first_seen: float | None = None) -> bool:
         beat = self.probes.get(src)
         if beat is None:
-            return True
+            # No heartbeat yet: a status can arrive first. Allow the same grace as a live probe.
+            return first_seen is None or now - first_seen > PROBE_DEAD_AFTER_BEATS * 1.0
         last, interval, _ = beat
         return now - last > PROBE_DEAD_AFTER_BEATS * interval
 
     def tick(self) -> set[str]:
-        """Advance time: services whose probe just went silent change to unknown."""
+        """Advance time: services whose probe went silent (or came back) change."""
         now = self.clock()
         changed = set()
         for name, svc in self.services.items():
-            if svc.src and self._probe_dead(svc.src, now) and svc.status.get("state") != STATE_UNKNOWN:
-                dead = dict(svc.status)
-                dead["state"] = STATE_UNKNOWN
-                dead["error"] = f"no heartbeat from {svc.src} for over {PROBE_DEAD_AFTER_BEATS} intervals; the probe has stopped"
-                dead["error_kind"] = "probe_dead"
-                svc.status = dead
+            dead = bool(svc.src) and self._probe_dead(svc.src, now, svc.first_seen)
+            if dead != svc.dead:
+                svc.dead = dead
                 svc.last_change = now
                 changed.add(name)
         return changed
@@ -112,18 +113,23 @@ class Engine:
         values = sorted(svc.durations)
         total = svc.ok + svc.failed
         s = svc.status
+        state, error, error_kind = s.get("state", STATE_UNKNOWN), s.get("error", ""), s.get("error_kind", "")
+        if svc.dead:
+            state, error_kind = STATE_UNKNOWN, "probe_dead"
+            error = (f"no heartbeat from {svc.src} for over {PROBE_DEAD_AFTER_BEATS} intervals; "
+                     "the probe has stopped, so this service's real state is unknown")
         return {
             "service": name,
             "kind": s.get("kind", name),
-            "state": s.get("state", STATE_UNKNOWN),
+            "state": state,
             "required": bool(s.get("required", False)),
             "url": s.get("url", ""),
             "version": s.get("version", ""),
             "capabilities": s.get("capabilities", []),
-            "error": s.get("error", ""),
-            "error_kind": s.get("error_kind", ""),
+            "error": error,
+            "error_kind": error_kind,
             "details": s.get("details", {}),
-            "probe_alive": bool(svc.src) and not self._probe_dead(svc.src, self.clock()),
+            "probe_alive": bool(svc.src) and not svc.dead,
             "last_check": svc.last_check,
             "last_change": svc.last_change,
             "stats": {
