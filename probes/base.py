@@ -22,6 +22,8 @@ log = logging.getLogger("probes")
 
 HEARTBEAT_INTERVAL = 1.0  # seconds; the aggregator declares a probe dead after 3 missed
 CONFIRM_DELAY = 0.25  # seconds before re-checking to confirm a state change
+MAX_BACKOFF = 30.0  # seconds; reconnect attempts while down slow down to at most this (the epic's cap)
+MIN_EVENT_GAP = 0.2  # seconds; a burst of pushed events (ComfyUI queue changes) costs at most one check per gap
 
 
 @dataclass
@@ -54,25 +56,46 @@ class Probe:
     def __init__(self, service: str, settings: dict[str, Any]) -> None:
         self.service = service
         self.settings = settings
-        self.url = settings["url"]
+        self.url = settings.get("url", "")
         self.timeout = float(settings.get("timeout", 2.0))
         self.interval = float(settings.get("interval", 2.0))
+        self._usage = None
 
     def check(self) -> CheckResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- optional push channel (ComfyUI's WebSocket). The runner registers the returned zmq
+    # socket in its poller; `on_watch` drains it and says whether to check at once.
+    def open_watch(self, ctx) -> "zmq.Socket | None":
+        return None
+
+    def on_watch(self, sock) -> bool:
+        return False
+
+    def close_watch(self) -> None:
+        pass
+
+    def usage(self, vram_used_bytes: int | None = None, url: str | None = None) -> dict[str, Any]:
+        """Resource use of the backend's process (when it runs here) and of this host."""
+        from .resources import ResourceSampler
+
+        if self._usage is None:
+            self._usage = ResourceSampler()
+        return self._usage.sample(url or self.url, vram_used_bytes)
 
     def timed_get(self, result: CheckResult, path: str, **kwargs):
         """GET url+path, recording a Timing on `result` whether it succeeds or not."""
         from .http import get
 
+        endpoint = path.split("?")[0]
         start = time.perf_counter()
         try:
             resp = get(self.url + path, self.timeout, **kwargs)
         except ProbeError as exc:
-            result.timings.append(Timing(path, (time.perf_counter() - start) * 1000, False, exc.kind))
+            result.timings.append(Timing(endpoint, (time.perf_counter() - start) * 1000, False, exc.kind))
             raise
         ok = 200 <= resp.status < 300
-        result.timings.append(Timing(path, resp.duration_ms, ok, None if ok else "http_status"))
+        result.timings.append(Timing(endpoint, resp.duration_ms, ok, None if ok else "http_status"))
         return resp
 
     def explain(self, exc: ProbeError) -> str:
@@ -145,6 +168,8 @@ class ProbeRunner:
         self.stop = stop or threading.Event()
         self.machine = StateMachine(failures_to_down)
         self.src = f"probe.{probe.service}"
+        self.down_checks = 0  # checks while confirmed down: drives the reconnect backoff
+        self.last_check = 0.0
 
     def run(self) -> None:
         ctx = new_context()
@@ -153,6 +178,9 @@ class ProbeRunner:
         self.publisher = Publisher(pub, self.src)
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
+        watch = self.probe.open_watch(ctx)
+        if watch is not None:
+            poller.register(watch, zmq.POLLIN)
         next_check = time.monotonic()
         next_beat = time.monotonic()
         self._publish_status(CheckResult(False), "connecting")
@@ -166,14 +194,31 @@ class ProbeRunner:
                     next_beat = now + HEARTBEAT_INTERVAL
                 if now >= next_check:
                     self.check_once()
-                    pause = CONFIRM_DELAY if self.machine.unconfirmed else self.probe.interval
-                    next_check = time.monotonic() + min(pause, self.probe.interval)
+                    next_check = time.monotonic() + self.pause
                 wait = max(0.0, min(next_check, next_beat) - time.monotonic())
-                if poller.poll(min(wait, 0.2) * 1000) and self._refresh_requested(control):
+                ready = dict(poller.poll(min(wait, 0.2) * 1000))
+                if control in ready and self._refresh_requested(control):
+                    self.down_checks = 0  # a person asked: check now, and retry briskly again
                     next_check = time.monotonic()
+                if watch is not None and watch in ready and self.probe.on_watch(watch):
+                    # Pushed news (socket dropped, queue changed): check now, but bursts coalesce.
+                    next_check = min(next_check, max(time.monotonic(), self.last_check + MIN_EVENT_GAP))
         finally:
+            self.probe.close_watch()
             close(pub, control)
+            if watch is not None:
+                close(watch)
             ctx.term()
+
+    @property
+    def pause(self) -> float:
+        """Seconds until the next check: quick while a change awaits confirmation, the
+        configured interval while up, and doubling up to MAX_BACKOFF while down."""
+        if self.machine.unconfirmed:
+            return min(CONFIRM_DELAY, self.probe.interval)
+        if self.machine.state in ("disconnected", "error") and self.down_checks:
+            return min(MAX_BACKOFF, max(self.probe.interval, self.probe.interval * 2 ** self.down_checks))
+        return self.probe.interval
 
     def _refresh_requested(self, control) -> bool:
         wanted = False
@@ -198,7 +243,13 @@ class ProbeRunner:
             self.publisher.send(f"timing.{self.probe.service}", {
                 "service": self.probe.service, "endpoint": t.endpoint, "duration_ms": round(t.duration_ms, 3),
                 "ok": t.ok, "error_kind": t.error_kind})
+        self.last_check = time.monotonic()
         state = self.machine.update(result)
+        if state in ("disconnected", "error") and not self.machine.unconfirmed:
+            self.down_checks += 1
+            result.details["retry_in_s"] = round(self.pause, 3)
+        else:
+            self.down_checks = 0
         self._publish_status(result, state)
         return result
 

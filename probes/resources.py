@@ -1,0 +1,107 @@
+"""Resource use for a status report: the backend's process (when it listens on this
+machine) and the host, via psutil. Anything that cannot be known is None, never 0.
+
+Finding "the process listening on port N" means scanning every socket of every process,
+which costs tens of milliseconds; the pid is therefore cached and only looked up again
+when that process is gone or stops listening, or after RESCAN_AFTER seconds.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+
+RESCAN_AFTER = 30.0  # seconds between full scans while no listener was found
+LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
+
+
+def is_local(host: str) -> bool:
+    """True when `host` is this machine (loopback, an address of ours, or our own name)."""
+    host = (host or "").strip("[]").lower()
+    if host in LOCAL_NAMES or host == socket.gethostname().lower():
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if addr.is_loopback:
+        return True
+    try:
+        ours = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    except (OSError, psutil.Error):
+        return False
+    return str(addr) in ours
+
+
+def _listener_pid(port: int) -> int | None:
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):  # macOS needs root for other processes' sockets
+        return None
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+            return c.pid
+    return None
+
+
+class ResourceSampler:
+    """Keeps psutil.Process objects between samples: cpu_percent is a difference between
+    two calls, so the first sample of a process (or of the host) honestly says None."""
+
+    def __init__(self) -> None:
+        self._proc: psutil.Process | None = None
+        self._port: int | None = None
+        self._proc_primed = False
+        self._host_primed = False
+        self._last_scan = -RESCAN_AFTER
+
+    def _process(self, url: str) -> psutil.Process | None:
+        parts = urlsplit(url)
+        if not parts.hostname or not is_local(parts.hostname):
+            return None
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if self._proc is not None and self._port == port:
+            try:
+                if self._proc.is_running() and any(
+                        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                        for c in self._proc.net_connections(kind="tcp")):
+                    return self._proc
+            except (psutil.Error, OSError):
+                pass
+            self._proc = None
+        now = time.monotonic()
+        if self._port == port and now - self._last_scan < RESCAN_AFTER and self._proc is None:
+            return None
+        self._port, self._last_scan = port, now
+        pid = _listener_pid(port)
+        if pid is None:
+            return None
+        try:
+            self._proc = psutil.Process(pid)
+        except psutil.Error:
+            return None
+        self._proc_primed = False
+        return self._proc
+
+    def sample(self, url: str, vram_used_bytes: int | None = None) -> dict[str, Any]:
+        process = None
+        proc = self._process(url) if url else None
+        if proc is not None:
+            try:
+                with proc.oneshot():
+                    cpu = proc.cpu_percent(None)
+                    rss = proc.memory_info().rss
+                process = {"pid": proc.pid, "cpu_percent": cpu if self._proc_primed else None, "rss_bytes": rss}
+                self._proc_primed = True
+            except (psutil.Error, OSError):
+                self._proc = None
+        host_cpu = psutil.cpu_percent(None)
+        vm = psutil.virtual_memory()
+        host = {"cpu_percent": host_cpu if self._host_primed else None,
+                "ram_total": vm.total, "ram_used": vm.total - vm.available}
+        self._host_primed = True
+        return {"process": process, "host": host, "vram_used_bytes": vram_used_bytes}
