@@ -115,6 +115,30 @@ def _check(fields: dict[str, tuple[type, ...]], data: dict, where: str) -> tuple
 
 
 _ENVELOPE = {"v": (int,), "src": _TEXT, "seq": (int,), "ts": _NUMBER, "body": _MAP}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _not_plain(body: dict) -> str | None:
+    """Where the body holds something other than JSON-like data, else None.
+
+    msgpack also carries bytes, bytes map keys and extension objects (ExtType, Timestamp).
+    They are inert, but JSON export, `md-health status --json` and the Blender panels
+    cannot show them, so one bad publisher could break every consumer: refuse them here.
+    Iterative, so deep nesting cannot hit the recursion limit.
+    """
+    stack: list = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"a map key is {_type_name(key)}"
+                stack.append(item)
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif not isinstance(value, _SCALARS):
+            return f"a value is {_type_name(value)}"
+    return None
 
 
 def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejection:
@@ -144,6 +168,8 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
             schema = BODY_SCHEMAS.get(topic.split(".", 1)[0])
             if schema is not None:
                 bad = _check(schema, env["body"], f"{topic} body")
+        if bad is None and (what := _not_plain(env["body"])):
+            bad = "wrong_type", f"{topic} body is not plain data: {what}"
         if bad is not None:
             return Rejection(bad[0], bad[1], src[:64])
         if env["seq"] < 0:
