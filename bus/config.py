@@ -64,6 +64,13 @@ def _zmq_endpoint(v: Any) -> str:
     return v
 
 
+def _secret(v: Any) -> str:
+    v = _text(v)
+    if not v.strip():
+        raise ValueError("must not be empty (leave the key out instead)")
+    return v.strip()
+
+
 def one_of(*choices: str):
     def check(v: Any) -> str:
         if v not in choices:
@@ -78,19 +85,45 @@ SERVICE_KEYS: dict[str, Any] = {
     "url": _http_url,
     "enabled": _bool,
     "required": _bool,
-    "interval": _positive,     # seconds between checks
-    "timeout": _positive,      # seconds a check may take, all included
-    "flavour": _text,          # e.g. RVC: "webui" or "rvc-python"
-    "failures_to_down": _count,  # consecutive failures before Disconnected (damping)
+    "interval": _positive,     # seconds between checks while up (backoff doubles it while down, to 30 s)
+    "timeout": _positive,      # seconds one request may take, all included
+    "flavour": _text,          # which probe: see FLAVOURS
+    "failures_to_down": _count,  # consecutive failures before Disconnected (damping, both ways)
+    "expect_title": _text,     # Gradio apps: the title (or a word of it) the app on the port must have
+    "websocket": _bool,        # ComfyUI: hold /ws for sub-second detection (false: poll only)
 }
 
+# The probe kinds (probes/registry.py maps each to a class; a test keeps the two in step).
+FLAVOURS = ("comfyui", "wan2gp", "webui", "rvc-python", "audioldm", "gradio", "llm")
+
+_COMMON = {"enabled": True, "interval": 2.0, "timeout": 2.0, "failures_to_down": 2}
 DEFAULT_SERVICES: dict[str, dict[str, Any]] = {
-    "comfyui": {"url": "http://127.0.0.1:8188", "enabled": True, "required": True,
-                "interval": 2.0, "timeout": 2.0, "flavour": "comfyui", "failures_to_down": 2},
+    "comfyui": {**_COMMON, "url": "http://127.0.0.1:8188", "required": True, "flavour": "comfyui"},
+    "wan2gp": {**_COMMON, "url": "http://127.0.0.1:7860", "required": False, "flavour": "wan2gp", "timeout": 3.0},
+    "rvc": {**_COMMON, "url": "http://127.0.0.1:7865", "required": False, "flavour": "webui", "timeout": 3.0},
+    "audioldm": {**_COMMON, "url": "http://127.0.0.1:7863", "required": False, "flavour": "audioldm", "timeout": 3.0},
+    # Cloud APIs: every minute is plenty, and gentle on rate limits. The URLs are per provider, in [llm].
+    "llm": {**_COMMON, "url": "", "required": False, "flavour": "llm", "interval": 60.0, "timeout": 10.0},
+}
+# rvc-python's API server listens on 5050 (`python -m rvc_python api -p 5050`), not on the WebUI's 7865.
+FLAVOUR_URLS = {"rvc-python": "http://127.0.0.1:5050"}
+
+# [llm]: which model the add-on uses, and one optional table per provider.
+LLM_PROVIDERS = ("openai", "anthropic", "azure", "ollama", "lmstudio", "llamacpp")
+LLM_KEYS: dict[str, Any] = {
+    "active_model": _text,       # e.g. "gpt-4o" or "claude-sonnet-4-5": shown, and looked for in the lists
+    "active_provider": one_of(*LLM_PROVIDERS),
+    "autodetect": _bool,         # look for Ollama / LM Studio / llama.cpp on their default ports
+}
+LLM_PROVIDER_KEYS: dict[str, Any] = {
+    "enabled": _bool,
+    "url": _http_url,            # base URL (OpenAI-style ones end in /v1; Azure: your resource endpoint)
+    "api_key": _secret,          # prefer the environment variable; a key here makes the file a secret
+    "api_version": _text,        # Azure only
 }
 
-# Top-level tables. `bus` and `services` are validated here; the others belong to the part
-# that uses them (llm: probes/llm, aggregator/alerts/prices: aggregator/settings.py), which
+# Top-level tables. `bus`, `services` and `llm` are validated here; the others belong to
+# the part that uses them (aggregator/alerts/prices: aggregator/settings.py), which
 # validates `Config.sections[name]` with the checkers above.
 KNOWN_SECTIONS = ("bus", "services", "llm", "aggregator", "alerts", "prices")
 
@@ -103,6 +136,7 @@ class Config:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     sections: dict[str, Any] = field(default_factory=dict)  # other parts' sections, validated by them
     path: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # not fatal, but a person should hear of them
 
     def service(self, name: str) -> dict[str, Any]:
         return self.services[name]
@@ -115,13 +149,19 @@ def default_path() -> Path:
 
 
 def _line_of(text: str, section: str, key: str) -> int | None:
-    """Best effort: the line where `key` is set inside [section] (tomllib gives no positions)."""
+    """Best effort: the line where `key` is set inside [section], or where the table
+    [section.key] starts (tomllib gives no positions)."""
     current = ""
+    table = f"{section}.{key}" if section else key
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if stripped.startswith("["):
             current = stripped.strip("[] ")
+            if current == table or current.startswith(table + "."):
+                return number
         elif current == section and re.match(rf"{re.escape(key)}\s*=", stripped):
+            return number
+        elif not section and not current and re.match(rf"{re.escape(key)}\s*=", stripped):
             return number
     return None
 
@@ -183,16 +223,57 @@ def load(path: str | Path | None = None, *, text: str | None = None) -> Config:
     if not isinstance(raw_services, dict):
         raise _fail(text, where, "", "services", "must be a table of [services.<name>] tables")
     for name, table in raw_services.items():
-        base = services.get(name, {"enabled": True, "required": False, "interval": 2.0, "timeout": 2.0,
-                                   "failures_to_down": 2, "flavour": name})
-        services[name] = _validate_table(table, SERVICE_KEYS, f"services.{name}", text, where, base)
-        if "url" not in services[name] and name in DEFAULT_SERVICES:
-            services[name]["url"] = DEFAULT_SERVICES[name]["url"]
+        section = f"services.{name}"
+        base = services.get(name, {**_COMMON, "required": False, "flavour": name})
+        values = _validate_table(table, SERVICE_KEYS, section, text, where, base)
+        if values["flavour"] not in FLAVOURS:
+            key = "flavour" if "flavour" in table else ""
+            raise _fail(text, where, section if key else "services", key or name,
+                        f"{'is' if key else 'has flavour'} {values['flavour']!r}, which no probe serves "
+                        f"(known: {', '.join(FLAVOURS)}); set flavour = \"...\"")
+        if "url" not in table and values["flavour"] in FLAVOUR_URLS and values["flavour"] != base.get("flavour"):
+            values["url"] = FLAVOUR_URLS[values["flavour"]]
+        if not values.get("url") and values["flavour"] != "llm":
+            raise _fail(text, where, "services", name, "needs a url (e.g. url = \"http://127.0.0.1:7860\")")
+        services[name] = values
     for name, values in services.items():
         _apply_env(name, values)
     cfg.services = services
+    if "llm" in raw:
+        raw["llm"] = _validate_llm(raw["llm"], text, where)
+        if where is not None and _has_key(raw["llm"]) and _readable_by_others(where):
+            cfg.warnings.append(f"{where} holds an API key and other users can read it: run `chmod 600 {where}`, "
+                                "or move the key to its environment variable")
     cfg.sections = raw
     return cfg
+
+
+def _validate_llm(raw: Any, text: str, where: Path | None) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise _fail(text, where, "", "llm", "must be a table ([llm])")
+    top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    out = _validate_table(top, LLM_KEYS, "llm", text, where)
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            continue
+        if name not in LLM_PROVIDERS:
+            raise _fail(text, where, "llm", name, f"is not a known provider (known: {', '.join(LLM_PROVIDERS)})")
+        out[name] = _validate_table(table, LLM_PROVIDER_KEYS, f"llm.{name}", text, where)
+    return out
+
+
+def _has_key(llm: dict[str, Any]) -> bool:
+    return any(isinstance(t, dict) and t.get("api_key") for t in llm.values())
+
+
+def _readable_by_others(path: Path) -> bool:
+    """POSIX permission bits only; on Windows, ACLs decide and the user profile is private."""
+    if os.name != "posix":
+        return False
+    try:
+        return bool(path.stat().st_mode & 0o077)
+    except OSError:
+        return False
 
 
 def _apply_env(name: str, values: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,9 @@ class ProbeRunner:
         self.last_check = 0.0
 
     def run(self) -> None:
+        """The loop. A check runs on a worker thread while this thread keeps the heartbeat,
+        refresh commands and pushed events going, so a hung backend (or a slow cloud API)
+        never makes the probe itself look dead. Only this thread touches zmq sockets."""
         ctx = new_context()
         pub = pub_socket(ctx, self.endpoints.events)
         control = sub_socket(ctx, self.endpoints.snapshots, prefixes=("control.",))
@@ -181,6 +185,9 @@ class ProbeRunner:
         watch = self.probe.open_watch(ctx)
         if watch is not None:
             poller.register(watch, zmq.POLLIN)
+        worker = ThreadPoolExecutor(1, thread_name_prefix=f"check-{self.probe.service}")
+        pending: Future | None = None
+        again = False  # a refresh or event arrived while a check was running
         next_check = time.monotonic()
         next_beat = time.monotonic()
         self._publish_status(CheckResult(False), "connecting")
@@ -192,18 +199,24 @@ class ProbeRunner:
                         "interval": HEARTBEAT_INTERVAL, "services": [self.probe.service],
                         "dropped": self.publisher.dropped})
                     next_beat = now + HEARTBEAT_INTERVAL
-                if now >= next_check:
-                    self.check_once()
-                    next_check = time.monotonic() + self.pause
-                wait = max(0.0, min(next_check, next_beat) - time.monotonic())
+                if pending is not None and pending.done():
+                    self._finish(pending.result())
+                    pending = None
+                    next_check = time.monotonic() + (0.0 if again else self.pause)
+                    again = False
+                if pending is None and time.monotonic() >= next_check:
+                    pending = worker.submit(self._run_check)
+                wait = 0.02 if pending is not None else max(0.0, min(next_check, next_beat) - time.monotonic())
                 ready = dict(poller.poll(min(wait, 0.2) * 1000))
                 if control in ready and self._refresh_requested(control):
                     self.down_checks = 0  # a person asked: check now, and retry briskly again
                     next_check = time.monotonic()
+                    again = pending is not None
                 if watch is not None and watch in ready and self.probe.on_watch(watch):
                     # Pushed news (socket dropped, queue changed): check now, but bursts coalesce.
                     next_check = min(next_check, max(time.monotonic(), self.last_check + MIN_EVENT_GAP))
         finally:
+            worker.shutdown(wait=False, cancel_futures=True)
             self.probe.close_watch()
             close(pub, control)
             if watch is not None:
@@ -231,14 +244,20 @@ class ProbeRunner:
                 wanted = True
         return wanted
 
-    def check_once(self) -> CheckResult:
+    def _run_check(self) -> CheckResult:
         try:
-            result = self.probe.check()
+            return self.probe.check()
         except ProbeError as exc:
-            result = self.probe.fail(exc)
+            return self.probe.fail(exc)
         except Exception as exc:  # a probe bug must not kill the loop; say what broke
             log.exception("probe %s crashed during check", self.probe.service)
-            result = CheckResult(False, error=f"internal probe error: {exc.__class__.__name__}", error_kind="internal")
+            return CheckResult(False, error=f"internal probe error: {exc.__class__.__name__}", error_kind="internal")
+
+    def check_once(self) -> CheckResult:
+        """Check and publish, synchronously (the loop does the same with a worker thread)."""
+        return self._finish(self._run_check())
+
+    def _finish(self, result: CheckResult) -> CheckResult:
         for t in result.timings:
             self.publisher.send(f"timing.{self.probe.service}", {
                 "service": self.probe.service, "endpoint": t.endpoint, "duration_ms": round(t.duration_ms, 3),

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import threading
 
-from bus.config import ConfigError, load
+from bus.config import ConfigError, _http_url, load
 from bus.lifeline import watch_stdin
 
 from .base import ProbeRunner
@@ -34,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     watch_stdin(stop)
+    # SIGTERM (a service manager, `kill`) stops as cleanly as Ctrl+C or the lifeline.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.command == "run-all":
+        for warning in cfg.warnings:
+            logging.getLogger("probes").warning("%s", warning)
         from .supervisor import supervise
 
         return supervise(cfg, args.config, stop)
@@ -47,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("url", "interval", "timeout"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    if args.url is not None:
+        try:
+            settings["url"] = _http_url(args.url)
+        except ValueError as exc:
+            print(f"md-probes: --url {exc}", file=sys.stderr)
+            return 2
+    if settings.get("flavour") == "llm":
+        settings["llm"] = cfg.sections.get("llm") or {}
+        settings["warnings"] = cfg.warnings
     try:
         probe = make_probe(args.service, settings)
     except ValueError as exc:
