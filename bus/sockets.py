@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import zmq
 
 from .protocol import MAX_EVENT_BYTES, MAX_REPLY_BYTES
+from .security import secure
 
 DEFAULT_EVENTS = "tcp://127.0.0.1:5581"
 DEFAULT_SNAPSHOTS = "tcp://127.0.0.1:5582"
@@ -64,6 +65,7 @@ def _socket(ctx: zmq.Context, kind: int, max_bytes: int) -> zmq.Socket:
 
 def _attach(sock: zmq.Socket, endpoint: str, bind: bool) -> zmq.Socket:
     try:
+        secure(sock, endpoint, bind)  # CURVE if keys are set up; else refuse a non-loopback bind
         if bind:
             sock.bind(endpoint)
         else:
@@ -75,7 +77,13 @@ def _attach(sock: zmq.Socket, endpoint: str, bind: bool) -> zmq.Socket:
 
 
 def pub_socket(ctx: zmq.Context, endpoint: str, bind: bool = False) -> zmq.Socket:
-    sock = _socket(ctx, zmq.PUB, MAX_EVENT_BYTES)
+    # A probe's publisher (connects, one subscriber: the aggregator) is an XPUB with NODROP,
+    # so a full high-water mark makes send() fail with zmq.Again, which Publisher counts as
+    # a drop; a plain PUB would drop silently. The aggregator's own PUB (binds, many
+    # subscribers) stays lossy: one slow subscriber must never hold back the others.
+    sock = _socket(ctx, zmq.PUB if bind else zmq.XPUB, MAX_EVENT_BYTES)
+    if not bind:
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
     sock.sndhwm = EVENT_HWM if not bind else SNAPSHOT_HWM
     return _attach(sock, endpoint, bind)
 

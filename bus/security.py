@@ -1,0 +1,253 @@
+"""Who may talk to the aggregator: loopback only, unless CURVE keys are set up (docs/security.md).
+
+Without keys every endpoint must be loopback (127.0.0.0/8, ::1, localhost, ipc://, inproc://):
+binding anything else is refused, so the bus is never open on the LAN by accident.
+
+With keys, every socket uses CURVE (encryption plus authentication) through `zmq.auth`:
+the aggregator's sockets (the ones that bind) are CURVE servers and accept only clients
+whose public key is in the allow-list; probes and subscribers (the ones that connect) are
+CURVE clients. A client without an allowed key completes no handshake, so it can neither
+subscribe nor inject events. The key folder, found in MD_HEALTH_CURVE_DIR or else in
+`curve/` next to the config file:
+
+    server.key, server.key_secret   the aggregator's key pair (secret only on its machine)
+    client.key, client.key_secret   this machine's client key pair (probes, CLI, Blender)
+    authorized/*.key                 public keys the aggregator accepts (the allow-list)
+
+`python -m bus.security init` creates the folder for the aggregator's machine;
+`python -m bus.security add-client NAME` makes the folder to copy to a remote box.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import shutil
+import stat
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+
+log = logging.getLogger("bus.security")
+
+ENV_DIR = "MD_HEALTH_CURVE_DIR"
+
+
+class InsecureEndpoint(zmq.ZMQError):
+    """Raised instead of binding a non-loopback endpoint in the clear, or when keys are missing.
+
+    A ZMQError, so every caller that already handles a failed bind reports it as one.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(13, message)  # EACCES
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def is_loopback(endpoint: str) -> bool:
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False  # pgm://, udp://, ws://: never loopback-only
+    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name, a host name: may face the network
+
+
+def curve_dir() -> Path | None:
+    """The key folder if CURVE is configured, else None (loopback-only mode)."""
+    named = os.environ.get(ENV_DIR)
+    if named:
+        return Path(named)
+    from .config import default_path  # late import: config imports sockets, which imports us
+
+    folder = default_path().parent / "curve"
+    return folder if (folder / "server.key").exists() else None
+
+
+@dataclass(frozen=True)
+class Keys:
+    folder: Path
+
+    def _need(self, name: str) -> Path:
+        path = self.folder / name
+        if not path.exists():
+            raise InsecureEndpoint(f"CURVE is configured ({self.folder}) but {path.name} is missing there; "
+                                   "see docs/security.md (python -m bus.security init / add-client)")
+        return path
+
+    def pair(self, name: str) -> tuple[bytes, bytes]:
+        public, secret = zmq.auth.load_certificate(self._need(f"{name}.key_secret"))
+        if not secret:
+            raise InsecureEndpoint(f"{self.folder / (name + '.key_secret')} holds no secret key")
+        return public, secret
+
+    def server_public(self) -> bytes:
+        return zmq.auth.load_certificate(self._need("server.key"))[0]
+
+    @property
+    def authorized(self) -> Path:
+        return self.folder / "authorized"
+
+
+# One ZAP handler per context, started before the first CURVE server socket binds (without
+# a handler libzmq would accept any client that knows the server's public key).
+_handlers: dict[int, "ZapHandler"] = {}
+_handlers_lock = threading.Lock()
+
+
+class ZapHandler(threading.Thread):
+    """zmq.auth's Authenticator, driven by a plain blocking thread.
+
+    Not ThreadAuthenticator: its asyncio loop keeps the ZAP socket open when the owner
+    calls Context.term(), which then hangs. A blocking recv raises ETERM instead, and this
+    thread closes its socket and ends, so shutdown stays instant.
+    """
+
+    def __init__(self, ctx: zmq.Context, authorized: Path) -> None:
+        super().__init__(name="zap", daemon=True)
+        self.auth = zmq.auth.Authenticator(ctx, log=log)
+        self.auth.start()  # binds inproc://zeromq.zap.01 now, before any server socket binds
+        self.auth.configure_curve(domain="*", location=str(authorized))
+        self.allowed = len(self.auth.certs.get("*", {}))
+        self.ctx_id = id(ctx)
+
+    def run(self) -> None:
+        sock = self.auth.zap_socket
+        try:
+            while True:
+                msg = sock.recv_multipart()
+                coro = self.auth.handle_zap_message(msg)
+                try:  # no awaits on the CURVE-with-allow-list path: one step finishes it
+                    coro.send(None)
+                except StopIteration:
+                    pass
+                else:
+                    coro.close()
+                    self.auth._send_zap_reply(msg[1], b"500", b"internal error")
+        except zmq.ZMQError:
+            pass  # ETERM: the context is shutting down
+        finally:
+            sock.close(linger=0)
+            with _handlers_lock:
+                _handlers.pop(self.ctx_id, None)
+
+
+def _ensure_handler(ctx: zmq.Context, keys: Keys) -> None:
+    with _handlers_lock:
+        if id(ctx) in _handlers:
+            return
+        handler = ZapHandler(ctx, keys.authorized)
+        _handlers[id(ctx)] = handler
+    if handler.allowed == 0:
+        log.warning("CURVE: no allowed client keys in %s; every client will be refused", keys.authorized)
+    handler.start()
+
+
+def secure(sock: zmq.Socket, endpoint: str, bind: bool) -> None:
+    """Apply CURVE to a socket before it binds or connects, or refuse an unsafe bind."""
+    folder = curve_dir()
+    if folder is None:
+        if bind and not is_loopback(endpoint):
+            raise InsecureEndpoint(
+                f"refusing to bind {endpoint} without CURVE: only loopback addresses are allowed in the clear. "
+                f"Set up keys (python -m bus.security init, docs/security.md) or bind 127.0.0.1.")
+        return
+    keys = Keys(folder)
+    if bind:
+        public, secret = keys.pair("server")
+        _ensure_handler(sock.context, keys)
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+    else:
+        public, secret = keys.pair("client")
+        sock.curve_serverkey = keys.server_public()
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+
+
+# -- key management -----------------------------------------------------------------
+def _private(path: Path) -> None:
+    try:
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    except OSError:
+        pass  # Windows ACLs: the user's profile folder is already private
+
+
+def _new_pair(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    _, secret_file = zmq.auth.create_certificates(str(folder), name)
+    _private(Path(secret_file))
+    return Path(secret_file)
+
+
+def default_dir() -> Path:
+    from .config import default_path
+
+    return curve_dir() or default_path().parent / "curve"
+
+
+def init(folder: Path) -> None:
+    """Keys for the aggregator's machine: server pair, a local client pair, the allow-list."""
+    if (folder / "server.key_secret").exists():
+        raise SystemExit(f"{folder} already holds a server key; not overwriting it")
+    _new_pair(folder, "server")
+    _new_pair(folder, "client")
+    (folder / "authorized").mkdir(exist_ok=True)
+    shutil.copy(folder / "client.key", folder / "authorized" / "local.key")
+
+
+def add_client(folder: Path, name: str) -> Path:
+    """Make `clients/NAME/` (copy it to the remote box as its key folder) and allow it."""
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise SystemExit("a client name is letters, digits, - and _")
+    out = folder / "clients" / name
+    if out.exists():
+        raise SystemExit(f"{out} exists already")
+    _new_pair(out, "client")
+    shutil.copy(folder / "server.key", out / "server.key")  # the public half only
+    (folder / "authorized").mkdir(exist_ok=True)
+    shutil.copy(out / "client.key", folder / "authorized" / f"{name}.key")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bus.security", description="CURVE keys for the health bus.")
+    parser.add_argument("--dir", type=Path, help=f"key folder (default: ${ENV_DIR}, else curve/ next to the config)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="create the aggregator machine's keys and allow-list")
+    add = sub.add_parser("add-client", help="create and allow a key for a remote probe or viewer")
+    add.add_argument("name")
+    rm = sub.add_parser("revoke", help="remove a client from the allow-list (restart the aggregator)")
+    rm.add_argument("name")
+    args = parser.parse_args(argv)
+    folder = args.dir or default_dir()
+    if args.command == "init":
+        init(folder)
+        print(f"created {folder}: server and local client keys; local client allowed.")
+    elif args.command == "add-client":
+        out = add_client(folder, args.name)
+        print(f"created {out}: copy this folder to the remote machine and point {ENV_DIR} at it there.")
+    else:
+        target = folder / "authorized" / f"{args.name}.key"
+        if not target.exists():
+            print(f"no allowed key named {args.name!r} in {folder / 'authorized'}", file=sys.stderr)
+            return 1
+        target.unlink()
+        print(f"revoked {args.name}; restart the aggregator to apply.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
