@@ -14,7 +14,8 @@ from bus.lifeline import spawn, stop as stop_child, watch_stdin
 from bus.sockets import Endpoints
 
 from .server import Aggregator, AlreadyRunning
-from .terminal import render
+from .settings import from_config
+from .terminal import render, render_alerts, render_compare
 
 
 def _endpoints(args) -> Endpoints:
@@ -26,8 +27,9 @@ def _endpoints(args) -> Endpoints:
 def cmd_run(args) -> int:
     stop = threading.Event()
     watch_stdin(stop)
+    settings = from_config(load(args.config))
     try:
-        Aggregator(_endpoints(args), stop=stop).run()
+        Aggregator(_endpoints(args), stop=stop, settings=settings, metrics_port=args.metrics_port).run()
     except AlreadyRunning as exc:
         print(f"md-health: {exc}", file=sys.stderr)
         return 3
@@ -51,7 +53,8 @@ def cmd_status(args) -> int:
                   f"within {args.wait:g} s. Start it with `md-health run` or `make run`.", file=sys.stderr)
             return 1
         if args.json:
-            print(json.dumps({"services": client.services, "alerts": client.alerts}, indent=2, sort_keys=True))
+            print(json.dumps({"services": client.services, "alerts": client.alerts,
+                              "persistence": client.aggregator.get("persistence")}, indent=2, sort_keys=True))
         else:
             print(render(client.services, online=True, color=sys.stdout.isatty()))
     return 0
@@ -60,13 +63,19 @@ def cmd_status(args) -> int:
 def cmd_watch(args, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     color = sys.stdout.isatty()
-    with MonitorClient(_endpoints(args), name="watch") as client:
+    rng = getattr(args, "range", "5m")
+    with MonitorClient(_endpoints(args), name="watch", history_range=rng) as client:
         last = ""
+        next_history = time.monotonic() + HISTORY_EVERY
         try:
             while not stop.is_set():
                 client.poll(timeout_ms=100)
+                if time.monotonic() >= next_history:  # trends come with snapshot replies only
+                    client.request_snapshot()
+                    next_history = time.monotonic() + HISTORY_EVERY
                 header = time.strftime("Movie Director backend health — %H:%M:%S   (Ctrl+C to quit)")
-                screen = render(client.services, online=client.online, color=color, header=header)
+                screen = render(client.services, online=client.online, color=color, header=header,
+                                history=client.history, alerts=client.alerts)
                 if screen != last:
                     # Redraw in place: home the cursor and clear below, so nothing scrolls.
                     sys.stdout.write("\033[H\033[J" + screen + "\n" if color else screen + "\n\n")
@@ -76,6 +85,105 @@ def cmd_watch(args, stop: threading.Event | None = None) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+HISTORY_EVERY = 5.0  # seconds between history refreshes in `watch`
+
+
+def _require(client: MonitorClient, args) -> bool:
+    if client.has_snapshot:
+        return True
+    print(f"md-health: monitor offline: no aggregator answered at {client.endpoints.requests} "
+          f"within {args.wait:g} s. Start it with `md-health run` or `make run`.", file=sys.stderr)
+    return False
+
+
+def cmd_compare(args) -> int:
+    client = MonitorClient(_endpoints(args), name="cli", history_range=args.window)
+    with client:
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline and not client.has_snapshot:
+            client.poll(timeout_ms=50)
+        if not _require(client, args):
+            return 1
+        names = [n for n in (args.services or client.services) if n in client.services]
+        unknown = [n for n in (args.services or []) if n not in client.services]
+        if unknown:
+            print(f"md-health: unknown service(s): {', '.join(unknown)} "
+                  f"(known: {', '.join(sorted(client.services)) or 'none'})", file=sys.stderr)
+            return 2
+        print(render_compare({n: client.services[n] for n in names}, args.window))
+    return 0
+
+
+def cmd_alerts(args) -> int:
+    with _synced_client(args, args.wait) as client:
+        if not _require(client, args):
+            return 1
+        if args.json:
+            print(json.dumps(client.alerts, indent=2, sort_keys=True))
+        else:
+            print(render_alerts(client.alerts))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Ask the running aggregator; if none answers, read the history file directly."""
+    content = None
+    with MonitorClient(_endpoints(args), name="export") as client:
+        deadline = time.monotonic() + args.wait
+        rid = None
+        while time.monotonic() < deadline:
+            client.poll(timeout_ms=50)
+            if client.has_snapshot and rid is None:
+                rid = client.export(args.format, args.tier, args.since, args.service)
+            if rid is not None and rid in client.replies:
+                reply = client.replies[rid]
+                if not reply.get("ok"):
+                    print(f"md-health: {reply.get('error', 'export failed')}", file=sys.stderr)
+                    return 2
+                content, rows = reply["content"], reply.get("rows", 0)
+                break
+    if content is None:
+        content, rows = _export_from_file(args)
+        if content is None:
+            return 1 if rows is None else 2
+    if args.output and args.output != "-":
+        from pathlib import Path
+
+        try:
+            Path(args.output).write_text(content, encoding="utf-8", newline="")
+        except OSError as exc:
+            print(f"md-health: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        print(f"md-health: wrote {rows} rows ({args.format}, tier {args.tier}, last {args.since}) to {args.output}",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(content)
+    return 0
+
+
+def _export_from_file(args):
+    from . import export as exporter
+    from .engine import Engine
+    from .store import Store, StoreUnavailable
+
+    settings = from_config(load(args.config))
+    path = settings.resolved_data_dir()
+    if not (path / "metrics.sqlite3").exists():
+        print(f"md-health: no aggregator answered within {args.wait:g} s and there is no history file in "
+              f"{path}. Start it with `md-health run`.", file=sys.stderr)
+        return None, None
+    print(f"md-health: no aggregator answered; exporting from the history file in {path}", file=sys.stderr)
+    engine = Engine(time.time, settings)
+    try:
+        store = Store(path)
+        store.restore(engine)
+        store.close()
+        return exporter.export(engine, args.format, args.tier, args.since, args.service)
+    except (StoreUnavailable, ValueError) as exc:
+        print(f"md-health: export: {exc}", file=sys.stderr)
+        return None, 0
 
 
 def cmd_up(args) -> int:
@@ -116,17 +224,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshots", help="snapshots endpoint (default tcp://127.0.0.1:5582)")
     parser.add_argument("--requests", help="requests endpoint (default tcp://127.0.0.1:5583)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the aggregator in the foreground")
+    run = sub.add_parser("run", help="run the aggregator in the foreground")
+    run.add_argument("--metrics-port", type=int, default=None,
+                     help="serve Prometheus/OpenMetrics on http://127.0.0.1:PORT/metrics "
+                          "(default: [aggregator] metrics_port, 0 = off)")
     st = sub.add_parser("status", help="print the current state once")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--wait", type=float, default=3.0, help="seconds to wait for the aggregator")
-    for name, help_text in (("watch", "live terminal view"), ("up", "start aggregator and probes, then watch")):
+    for name, help_text in (("watch", "live terminal view with p95 / success trends"),
+                            ("up", "start aggregator and probes, then watch")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--every", type=float, default=0.25, help="redraw period in seconds")
+        p.add_argument("--range", default="5m", help="trend window: 5m, 1h or 24h (default 5m)")
+    ex = sub.add_parser("export", help="write history buckets as CSV or JSON (columns: docs/metrics.md)")
+    ex.add_argument("--format", choices=("csv", "json"), default="csv")
+    ex.add_argument("--tier", default="1m", help="resolution: 1s, 10s or 1m (default 1m)")
+    ex.add_argument("--since", default="24h", help="how far back: e.g. 10m, 6h, 24h (default 24h)")
+    ex.add_argument("--service", help="one service only (default: all)")
+    ex.add_argument("-o", "--output", help="file to write (default: standard output)")
+    ex.add_argument("--wait", type=float, default=3.0, help="seconds to wait for the aggregator")
+    cmp_ = sub.add_parser("compare", help="services side by side")
+    cmp_.add_argument("services", nargs="*", help="services to compare (default: all)")
+    cmp_.add_argument("--window", default="5m", help="5m, 1h or 24h (default 5m)")
+    cmp_.add_argument("--wait", type=float, default=3.0, help="seconds to wait for the aggregator")
+    al = sub.add_parser("alerts", help="list active alerts")
+    al.add_argument("--json", action="store_true", help="machine-readable output")
+    al.add_argument("--wait", type=float, default=3.0, help="seconds to wait for the aggregator")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    commands = {"run": cmd_run, "status": cmd_status, "watch": cmd_watch, "up": cmd_up, "export": cmd_export,
+                "compare": cmd_compare, "alerts": cmd_alerts}
     try:
-        return {"run": cmd_run, "status": cmd_status, "watch": cmd_watch, "up": cmd_up}[args.command](args)
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"md-health: {exc}", file=sys.stderr)
         return 2

@@ -1,91 +1,228 @@
-"""The stats engine: events and a clock in, snapshots out. No sockets, no time.time().
+"""The stats engine: events and a clock in, snapshots out. No sockets, no files, no time.time().
 
 Everything here is a pure function of the messages ingested and the times the injected
 clock returned, so every figure can be tested to the millisecond with a fake clock.
+The record layout is documented field by field in docs/metrics.md.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, Callable
 
 from bus.protocol import STATE_UNKNOWN, Message
 
+from . import alerts as alerting
+from . import sketch
+from .settings import Settings, label
+from .tiers import DOWN, UNKNOWN, UP, Agg, Tier, figures
+
 PROBE_DEAD_AFTER_BEATS = 3  # missed heartbeats before a probe counts as dead
-WINDOW = 1000  # response times kept for the rolling statistics
+JOB_TIMES_KEPT = 500        # recent job processing times kept for their percentiles
+ALERT_EVAL_EVERY = 1.0      # seconds of clock time between alert evaluations
+STATE_CLASS = {"connected": UP, "disconnected": DOWN, "error": DOWN}  # anything else: unknown
+_key = sketch.key
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated quantile of already sorted values."""
-    if not sorted_values:
-        return 0.0
-    pos = (len(sorted_values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+class Series:
+    """The tiers of one service, and where its state-time accounting stands."""
+
+    def __init__(self, tier_specs: list[tuple[float, float]], now: float) -> None:
+        self.tiers = [Tier(step, keep, label(keep), label(step)) for step, keep in tier_specs]
+        self.live = self.tiers[0]
+        self.cls = UNKNOWN
+        self.credited = now   # state time is accounted for up to here
+        self.first_seen = now
+        self.live.roll_to(now)
+        for t in self.tiers[1:]:
+            t.roll_to(now)
+        self.live_end = (self.live.acc_k + 1) * self.live.step
+        self.rolls = 0  # closed 1 s buckets so far: the coarser windows change only then
+
+    def _credit(self, upto: float) -> None:
+        if upto > self.credited:
+            for t in self.tiers:
+                t.credit(self.credited, upto, self.cls)
+            self.credited = upto
+
+    def advance(self, now: float) -> bool:
+        """Close the 1 s bucket if its time is over; roll coarser tiers. True if anything closed."""
+        if now < self.live_end:
+            return False
+        end = self.live_end
+        self._credit(end)
+        closed = self.live.acc
+        has_events = closed.ok or closed.fail or closed.qpeak >= 0
+        self.live.roll_to(end)
+        if has_events:
+            for t in self.tiers[1:]:
+                t.acc.merge_events(closed)  # their open bucket covers `closed` (credited only up to `end`)
+        self._credit(now)
+        for t in self.tiers:
+            t.roll_to(now)
+        self.live_end = (self.live.acc_k + 1) * self.live.step
+        self.rolls += 1
+        return True
+
+    def set_state(self, now: float, cls: int) -> None:
+        self.advance(now)
+        self._credit(now)
+        self.cls = cls
+        self.rolls += 1  # uptime figures of every window change
+
+    def window(self, i: int, now: float) -> dict[str, Any]:
+        """Figures over tier i's ring plus its open bucket. The coarser windows leave out the
+        still-open 1 s bucket (it joins them when it closes, within a second), so they
+        change once a second at most and the record can cache them in between."""
+        tier = self.tiers[i]
+        tier._scan()
+        parts = [tier.total, tier.acc]
+        oldest = tier.oldest_start()
+        start = max(self.first_seen, oldest if oldest is not None else now)
+        return figures(parts, (self.cls, max(0.0, now - self.credited)), now - start)
 
 
 class ServiceState:
-    __slots__ = ("name", "status", "last_check", "last_change", "src", "durations", "ok", "failed",
-                 "first_seen", "dead")
-
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, series: Series) -> None:
         self.name = name
         self.status: dict[str, Any] = {"state": STATE_UNKNOWN}
         self.last_check = 0.0
         self.last_change = 0.0
         self.src = ""
-        self.durations: deque[float] = deque(maxlen=WINDOW)
-        self.ok = 0
-        self.failed = 0
-        self.first_seen = 0.0
-        self.dead = False  # probe silent: shown as unknown, while `status` keeps its last report
+        self.series = series
+        self.queue_current: int | None = None
+        self.job_times: deque[float] = deque(maxlen=JOB_TIMES_KEPT)
+        self.last_job_time: Any = None
+        self.usage: dict[str, list] = {}  # model -> [tokens_in, tokens_out, requests, bins, provider]
+        self.usage_since = 0.0
+        self.src_since = 0.0  # when this probe (src) first reported: grace before its first heartbeat
+        self.dead = False     # probe silent: shown as unknown, while `status` keeps its last report
+        self.version = 0
+        self.cache: tuple[int, dict[str, Any]] | None = None
+        self.window_cache: dict[int, tuple[int, dict[str, Any]]] = {}  # tier -> (series.rolls, figures)
+        self.history_cache: dict[int, tuple[tuple[int, int], dict[str, list]]] = {}
 
 
 class Engine:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], settings: Settings | None = None) -> None:
         self.clock = clock
+        self.settings = settings or Settings()
         self.services: dict[str, ServiceState] = {}
         self.probes: dict[str, tuple[float, float, list[str]]] = {}  # src -> (last beat, interval, services)
+        self.alerts: dict[tuple[str, str], alerting.Alert] = {}
+        self.events: list[tuple[str, dict[str, Any]]] = []  # alert.* events for the shell to publish
+        self.persistence: dict[str, Any] = {"mode": "memory", "reason": "not persisted (engine only)"}
+        self._last_alert_eval = -math.inf
+        self._now = -math.inf
 
-    def _service(self, name: str) -> ServiceState:
+    def _time(self) -> float:
+        now = self.clock()
+        if now < self._now:  # a wall clock stepped back: never let time run backwards inside
+            return self._now
+        self._now = now
+        return now
+
+    def _service(self, name: str, now: float) -> ServiceState:
         svc = self.services.get(name)
         if svc is None:
-            svc = self.services[name] = ServiceState(name)
+            svc = self.services[name] = ServiceState(name, Series(self.settings.tiers, now))
         return svc
 
     # -- input ------------------------------------------------------------------------
     def ingest(self, msg: Message) -> set[str]:
         """Apply one decoded event. Returns the names of services whose record changed."""
         kind = msg.kind
-        now = self.clock()
+        now = self._time()
+        if kind == "timing":  # the hot path: one dict increment in the open 1 s bucket
+            body = msg.body
+            name = body["service"]
+            svc = self.services.get(name) or self._service(name, now)
+            series = svc.series
+            if now >= series.live_end:
+                series.advance(now)
+            acc = series.live.acc
+            if body["ok"]:
+                d = body["duration_ms"]
+                if d < 0:
+                    return set()
+                k = _key(d)
+                bins = acc.bins
+                bins[k] = bins.get(k, 0) + 1
+                acc.ok += 1
+                acc.sum += d
+                if d < acc.mn:
+                    acc.mn = d
+                if d > acc.mx:
+                    acc.mx = d
+            else:
+                acc.fail += 1
+                kind_ = body.get("error_kind")
+                kind_ = kind_ if isinstance(kind_, str) and kind_ else "error"
+                acc.errors[kind_] = acc.errors.get(kind_, 0) + 1
+            svc.version += 1
+            return {name}
         if kind == "status":
             return self._on_status(msg, now)
-        if kind == "timing":
-            svc = self._service(msg.body["service"])
-            if msg.body["ok"]:
-                svc.ok += 1
-                svc.durations.append(float(msg.body["duration_ms"]))
-            else:
-                svc.failed += 1
-            return {svc.name}
         if kind == "heartbeat":
             services = msg.body.get("services") or []
             services = [s for s in services if isinstance(s, str)]
             self.probes[msg.src] = (now, float(msg.body["interval"]), services)
             return set()  # tick() notices a probe coming back
+        if kind == "llm" and msg.topic == "llm.usage":
+            return self._on_usage(msg.body, now)
         return set()
 
     def _on_status(self, msg: Message, now: float) -> set[str]:
         body = msg.body
-        svc = self._service(body["service"])
+        svc = self._service(body["service"], now)
         previous = svc.status.get("state")
         svc.status = body
         if svc.src != msg.src:
-            svc.src, svc.first_seen = msg.src, now
+            svc.src, svc.src_since = msg.src, now
         svc.last_check = now
+        details = body.get("details") if isinstance(body.get("details"), dict) else {}
+        q = details.get("queue_depth")
+        svc.queue_current = q if isinstance(q, (int, float)) and not isinstance(q, bool) else None
+        if svc.queue_current is not None:
+            svc.series.advance(now)
+            acc = svc.series.live.acc
+            acc.qpeak = max(acc.qpeak, float(svc.queue_current))
+        jt = details.get("job_time_ms")
+        if isinstance(jt, (int, float)) and not isinstance(jt, bool) and jt >= 0 and jt != svc.last_job_time:
+            svc.job_times.append(float(jt))  # probes repeat the last job's time; count each job once
+        svc.last_job_time = jt
         if body["state"] != previous:
-            svc.last_change = now
+            if not svc.dead:
+                svc.last_change = now
+            self._sync_state(svc, now)
+        svc.version += 1
         return {svc.name}
+
+    def _sync_state(self, svc: ServiceState, now: float) -> None:
+        """Start a new uptime span if the effective state class changed."""
+        cls = UNKNOWN if svc.dead else STATE_CLASS.get(svc.status.get("state"), UNKNOWN)
+        if cls != svc.series.cls:
+            svc.series.set_state(now, cls)
+
+    def _on_usage(self, body: dict[str, Any], now: float) -> set[str]:
+        svc = self._service("llm", now)
+        if not svc.usage:
+            svc.usage_since = now
+        model = body["model"][:200]
+        u = svc.usage.get(model)
+        if u is None:
+            u = svc.usage[model] = [0, 0, 0, {}, None]
+        u[0] += max(0, body["tokens_in"])
+        u[1] += max(0, body["tokens_out"])
+        u[2] += 1
+        lat = body["latency_ms"]
+        if lat >= 0:
+            k = _key(lat)
+            u[3][k] = u[3].get(k, 0) + 1
+        if isinstance(body.get("provider"), str):
+            u[4] = body["provider"][:64]
+        svc.version += 1
+        return {"llm"}
 
     def _probe_dead(self, src: str, now: float, first_seen: float | None = None) -> bool:
         beat = self.probes.get(src)
@@ -96,31 +233,90 @@ class Engine:
         return now - last > PROBE_DEAD_AFTER_BEATS * interval
 
     def tick(self) -> set[str]:
-        """Advance time: services whose probe went silent (or came back) change."""
-        now = self.clock()
+        """Advance time: roll buckets, mark silent probes unknown, evaluate alerts."""
+        now = self._time()
         changed = set()
         for name, svc in self.services.items():
-            dead = bool(svc.src) and self._probe_dead(svc.src, now, svc.first_seen)
-            if dead != svc.dead:
+            if svc.series.advance(now):
+                svc.version += 1
+            dead = bool(svc.src) and self._probe_dead(svc.src, now, svc.src_since)
+            if dead != svc.dead:  # went silent, or came back
                 svc.dead = dead
                 svc.last_change = now
+                self._sync_state(svc, now)
+                svc.version += 1
                 changed.add(name)
+        if now - self._last_alert_eval >= ALERT_EVAL_EVERY:
+            self._last_alert_eval = now
+            changed |= self.evaluate_alerts(now)
         return changed
+
+    def evaluate_alerts(self, now: float) -> set[str]:
+        changed = set()
+        for name in self.services:
+            rules = self.settings.alert_rules(name)
+            if not rules.get("enabled", True):
+                continue
+            record = self.record(name)
+            for (aname, metric, value, threshold, bad, good, raise_after, clear_after, message) in \
+                    alerting.conditions(rules, record, now):
+                alert = self.alerts.get((name, aname))
+                if alert is None:
+                    alert = self.alerts[(name, aname)] = alerting.Alert(name, aname, metric)
+                alert.threshold = threshold
+                if alert.step(now, bad, good, raise_after, clear_after):
+                    alert.value = value
+                    alert.message = message if alert.active else f"cleared: {message}"
+                    self.events.append(alert.event())
+                    changed.add(name)
+                elif alert.active:
+                    alert.value = value
+        return changed
+
+    def pop_events(self) -> list[tuple[str, dict[str, Any]]]:
+        events, self.events = self.events, []
+        return events
+
+    def active_alerts(self) -> list[dict[str, Any]]:
+        return [a.as_dict() for a in self.alerts.values() if a.active]
 
     # -- output -----------------------------------------------------------------------
     def record(self, name: str) -> dict[str, Any]:
         svc = self.services[name]
-        values = sorted(svc.durations)
-        total = svc.ok + svc.failed
+        now = self._time()
+        cached = svc.cache
+        if cached is None or cached[0] != svc.version:
+            svc.cache = cached = (svc.version, self._build(svc, now))
+        out = dict(cached[1])
+        out["probe_alive"] = bool(svc.src) and not svc.dead
+        out["since_change_s"] = max(0.0, now - svc.last_change) if svc.last_change else None
+        return out
+
+    def _build(self, svc: ServiceState, now: float) -> dict[str, Any]:
         s = svc.status
+        series = svc.series
+        windows = {}
+        for i, tier in enumerate(series.tiers):
+            hit = svc.window_cache.get(i) if i else None
+            if hit is not None and hit[0] == series.rolls:
+                windows[tier.label] = hit[1]
+                continue
+            windows[tier.label] = w = series.window(i, now)
+            if i:
+                svc.window_cache[i] = (series.rolls, w)
+        first = windows[series.tiers[0].label]
+        stats = {k: first[k] for k in ("count", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "min_ms", "max_ms",
+                                       "success_rate")}
+        jobs = sorted(svc.job_times)
+        details = s.get("details") if isinstance(s.get("details"), dict) else {}
         state, error, error_kind = s.get("state", STATE_UNKNOWN), s.get("error", ""), s.get("error_kind", "")
         if svc.dead:
             state, error_kind = STATE_UNKNOWN, "probe_dead"
             error = (f"no heartbeat from {svc.src} for over {PROBE_DEAD_AFTER_BEATS} intervals; "
                      "the probe has stopped, so this service's real state is unknown")
-        return {
-            "service": name,
-            "kind": s.get("kind", name),
+        record = {
+            "service": svc.name,
+            "kind": s.get("kind", svc.name),
             "state": state,
             "required": bool(s.get("required", False)),
             "url": s.get("url", ""),
@@ -128,26 +324,144 @@ class Engine:
             "capabilities": s.get("capabilities", []),
             "error": error,
             "error_kind": error_kind,
-            "details": s.get("details", {}),
-            "probe_alive": bool(svc.src) and not svc.dead,
+            "details": details,
+            "interval": s.get("interval"),
+            "timeout": s.get("timeout"),
             "last_check": svc.last_check,
             "last_change": svc.last_change,
-            "stats": {
-                "count": total,
-                "avg_ms": sum(values) / len(values) if values else None,
-                "p50_ms": _quantile(values, 0.50) if values else None,
-                "p95_ms": _quantile(values, 0.95) if values else None,
-                "p99_ms": _quantile(values, 0.99) if values else None,
-                "min_ms": values[0] if values else None,
-                "max_ms": values[-1] if values else None,
-                "success_rate": svc.ok / total if total else None,
-            },
+            "stats": stats,
+            "windows": windows,
+            "uptime": {lbl: w["uptime"] for lbl, w in windows.items()},
+            "queue": {"current": svc.queue_current, "peak": first["queue_peak"]},
+            "job_time": {"p50_ms": _exact_q(jobs, 0.5), "p95_ms": _exact_q(jobs, 0.95), "count": len(jobs)}
+            if jobs else None,
+            "resources": details.get("resources"),
         }
+        if svc.name == "llm" or svc.usage:
+            record["usage"] = self._usage(svc)
+        return record
+
+    def price_of(self, model: str, provider: str | None = None) -> dict[str, float] | None:
+        prices = self.settings.prices
+        for candidate in ([f"{provider}/{model}"] if provider else []) + [model]:
+            if candidate in prices:
+                return prices[candidate]
+        best = max((p for p in prices if model.startswith(p)), key=len, default=None)  # "gpt-4o-2024-08-06"
+        return prices[best] if best else None
+
+    def _usage(self, svc: ServiceState) -> dict[str, Any]:
+        by_model = {}
+        total_tokens = 0
+        cost = 0.0
+        unpriced = []
+        for model, (t_in, t_out, requests, bins, provider) in sorted(svc.usage.items()):
+            price = self.price_of(model, provider)
+            c = None if price is None else (t_in * price["input"] + t_out * price["output"]) / 1e6
+            if c is None:
+                unpriced.append(model)
+            else:
+                cost += c
+            p50, p95 = sketch.quantiles(bins, (0.5, 0.95))
+            by_model[model] = {"tokens_in": t_in, "tokens_out": t_out, "requests": requests, "cost_usd": c,
+                               "latency_p50_ms": p50, "latency_p95_ms": p95, "provider": provider}
+            total_tokens += t_in + t_out
+        return {"by_model": by_model, "total_tokens": total_tokens, "cost_usd": cost,
+                "unpriced_models": unpriced, "since": svc.usage_since or None}
 
     def state(self, history_range: str = "5m") -> dict[str, Any]:
         """The full state a late joiner needs."""
         return {
             "services": {name: self.record(name) for name in self.services},
-            "alerts": [],
-            "history": {},
+            "alerts": self.active_alerts(),
+            "history": self.history(history_range),
+            "persistence": dict(self.persistence),
+            "windows": [t.label for t in self._tier_template()],
         }
+
+    def _tier_template(self) -> list[Tier]:
+        return [Tier(step, step, label(keep), label(step)) for step, keep in self.settings.tiers]
+
+    def tier_index(self, name: str, by: str = "label") -> int | None:
+        """Index of the tier whose window label ("1h") or step name ("10s") is `name`."""
+        for i, (step, keep) in enumerate(self.settings.tiers):
+            if (label(keep) if by == "label" else label(step)) == name:
+                return i
+        return None
+
+    def history(self, history_range: str = "5m") -> dict[str, Any]:
+        i = self.tier_index(history_range)
+        if i is None:
+            i = 0
+        step, keep = self.settings.tiers[i]
+        out = {"range": label(keep), "step_s": step, "services": {}}
+        for name, svc in self.services.items():
+            tier = svc.series.tiers[i]
+            hit = svc.history_cache.get(i)
+            if hit is None or hit[0] != (tier.head, tier.filled):
+                closed = _columns(b for b in tier.buckets() if not b[2])  # only when a bucket closed
+                svc.history_cache[i] = hit = ((tier.head, tier.filled), closed)
+            cols = {k: list(v) for k, v in hit[1].items()}
+            if tier.acc_k is not None:
+                for k, v in _columns([(tier.acc_k * tier.step, tier.acc, True)]).items():
+                    cols[k] += v
+            out["services"][name] = cols
+        return out
+
+    def rows(self, tier: str, since_s: float, service: str | None = None) -> list[dict[str, Any]]:
+        """Bucket rows for export (columns: docs/metrics.md). Raises ValueError on a bad tier/service."""
+        i = self.tier_index(tier, by="step")
+        if i is None:
+            known = ", ".join(label(s) for s, _ in self.settings.tiers)
+            raise ValueError(f"unknown tier {tier!r} (known: {known})")
+        if service is not None and service not in self.services:
+            raise ValueError(f"unknown service {service!r} (known: {', '.join(sorted(self.services)) or 'none yet'})")
+        cutoff = self._time() - since_s
+        out = []
+        for name in sorted(self.services):
+            if service is not None and name != service:
+                continue
+            for start, agg, is_open in self.services[name].series.tiers[i].buckets(cutoff):
+                out.append(bucket_row(name, label(self.settings.tiers[i][0]), start, agg, is_open))
+        return out
+
+
+def _columns(buckets) -> dict[str, list]:
+    cols: dict[str, list] = {"t": [], "p50_ms": [], "p95_ms": [], "success_rate": [], "up_ratio": []}
+    for start, agg, _open in buckets:
+        p50, p95 = sketch.quantiles(agg.bins, (0.5, 0.95))
+        count = agg.ok + agg.fail
+        known = agg.time[UP] + agg.time[DOWN]
+        cols["t"].append(start)
+        cols["p50_ms"].append(p50)
+        cols["p95_ms"].append(p95)
+        cols["success_rate"].append(agg.ok / count if count else None)
+        cols["up_ratio"].append(agg.time[UP] / known if known > 0 else None)
+    return cols
+
+
+def bucket_row(service: str, tier: str, start: float, agg: Agg, is_open: bool) -> dict[str, Any]:
+    p50, p95, p99 = sketch.quantiles(agg.bins, (0.5, 0.95, 0.99))
+    count = agg.ok + agg.fail
+    known = agg.time[UP] + agg.time[DOWN]
+    return {
+        "ts": start, "service": service, "tier": tier, "complete": not is_open,
+        "count": count, "ok": agg.ok, "failed": agg.fail,
+        "success_rate": agg.ok / count if count else None,
+        "avg_ms": agg.sum / agg.ok if agg.ok else None,
+        "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+        "min_ms": round(agg.mn, 3) if agg.ok else None, "max_ms": round(agg.mx, 3) if agg.ok else None,
+        "up_s": round(agg.time[UP], 3), "down_s": round(agg.time[DOWN], 3),
+        "unknown_s": round(agg.time[UNKNOWN], 3),
+        "uptime": agg.time[UP] / known if known > 0 else None,
+        "queue_peak": agg.qpeak if agg.qpeak >= 0 else None,
+        "errors": dict(sorted(agg.errors.items())),
+    }
+
+
+def _exact_q(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    pos = (len(values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)

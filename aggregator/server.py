@@ -17,7 +17,10 @@ import zmq
 from bus.protocol import Publisher, Rejection, RejectCounter, decode, encode
 from bus.sockets import Endpoints, close, drain, endpoint_in_use, new_context, pub_socket, router_socket, sub_socket
 
+from . import export as exporter
 from .engine import Engine
+from .settings import Settings
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger("aggregator")
 
@@ -32,13 +35,50 @@ class AlreadyRunning(RuntimeError):
 
 class Aggregator:
     def __init__(self, endpoints: Endpoints, *, engine: Engine | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, settings: Settings | None = None,
+                 metrics_port: int | None = None) -> None:
         self.endpoints = endpoints
-        self.engine = engine or Engine(clock=time.time)
+        self.settings = settings or (engine.settings if engine else Settings())
+        self.engine = engine or Engine(clock=time.time, settings=self.settings)
         self.stop = stop or threading.Event()
         self.instance = uuid.uuid4().hex[:12]
         self.rejects = RejectCounter()
         self.ready = threading.Event()
+        self.metrics_port = self.settings.metrics_port if metrics_port is None else metrics_port
+        self.store: Store | None = None
+        self.collector = None
+        self.metrics_server = None
+
+    # -- persistence ------------------------------------------------------------------
+    def _open_store(self) -> None:
+        if not self.settings.persist:
+            self.engine.persistence = {"mode": "memory", "reason": "persist = false in [aggregator]"}
+            return
+        try:
+            self.store = Store(self.settings.resolved_data_dir())
+            buckets = self.store.restore(self.engine)
+        except StoreUnavailable as exc:
+            self._to_memory(str(exc))
+            return
+        self.engine.persistence = {"mode": "sqlite", "path": str(self.store.path),
+                                   "quarantined": str(self.store.quarantined) if self.store.quarantined else None}
+        log.info("history in %s (%d buckets restored for %d services)", self.store.path, buckets,
+                 len(self.engine.services))
+
+    def _to_memory(self, reason: str) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.engine.persistence = {"mode": "memory", "reason": reason}
+        log.warning("history is kept in memory only and will not survive a restart: %s", reason)
+
+    def _flush(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.flush(self.engine)
+        except StoreUnavailable as exc:
+            self._to_memory(str(exc))
 
     def _bind(self):
         for ep in (self.endpoints.events, self.endpoints.snapshots, self.endpoints.requests):
@@ -59,10 +99,23 @@ class Aggregator:
     def run(self) -> None:
         ctx, events, pub, router = self._bind()
         self.publisher = Publisher(pub, "aggregator")
+        self._open_store()
+        if self.metrics_port:
+            from .prom import EngineCollector, serve
+
+            self.collector = EngineCollector()
+            try:
+                self.metrics_server = serve(self.metrics_port, self.collector)
+                log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", self.metrics_port)
+            except OSError as exc:
+                log.warning("cannot serve Prometheus metrics on port %d: %s; continuing without them",
+                            self.metrics_port, exc)
+                self.collector = None
         poller = zmq.Poller()
         poller.register(events, zmq.POLLIN)
         poller.register(router, zmq.POLLIN)
         next_tick = next_beat = time.monotonic()
+        next_flush = time.monotonic() + self.settings.flush_interval
         self.ready.set()
         log.info("aggregator %s listening: events %s, snapshots %s, requests %s", self.instance,
                  self.endpoints.events, self.endpoints.snapshots, self.endpoints.requests)
@@ -79,13 +132,28 @@ class Aggregator:
                 if now >= next_tick:
                     changed |= self.engine.tick()
                     next_tick = now + TICK
-                if now >= next_beat:
+                beat = now >= next_beat
+                if beat:
                     changed = set(self.engine.services)  # everything, at least once a second
                     self._heartbeat()
                     next_beat = now + HEARTBEAT_INTERVAL
-                for name in changed:
-                    self.publisher.send(f"snapshot.{name}", self.engine.record(name))
+                for topic, body in self.engine.pop_events():
+                    self.publisher.send(topic, body)
+                records = {name: self.engine.record(name) for name in changed}
+                for name, record in records.items():
+                    self.publisher.send(f"snapshot.{name}", record)
+                if beat and self.collector is not None:
+                    self.collector.publish({"services": records, "alerts": self.engine.active_alerts(),
+                                            "persistence": dict(self.engine.persistence)})
+                if now >= next_flush:
+                    self._flush()
+                    next_flush = now + self.settings.flush_interval
         finally:
+            self._flush()
+            if self.store is not None:
+                self.store.close()
+            if self.metrics_server is not None:
+                self.metrics_server.shutdown()
             close(events, pub, router)
             ctx.term()
 
@@ -103,10 +171,10 @@ class Aggregator:
         return changed
 
     def _heartbeat(self) -> None:
-        state = self.engine.state()
         self.publisher.send("heartbeat.aggregator", {
             "interval": HEARTBEAT_INTERVAL, "instance": self.instance,
-            "alerts": state.get("alerts", []), "bus": self.rejects.as_dict()})
+            "alerts": self.engine.active_alerts(), "bus": self.rejects.as_dict(),
+            "persistence": dict(self.engine.persistence)})
 
     # -- requests ---------------------------------------------------------------------
     def _serve(self, router, requests: list[list[bytes]]) -> None:
@@ -141,4 +209,14 @@ class Aggregator:
             service = body.get("service")
             self.publisher.send("control.refresh", {"service": service} if isinstance(service, str) else {})
             return {"ok": True}
-        return {"ok": False, "error": f"unknown request {op!r} (known: snapshot, refresh)"}
+        if op == "export":
+            fmt, tier, since = body.get("format", "csv"), body.get("tier", "1m"), body.get("since", "24h")
+            service = body.get("service")
+            if not all(isinstance(x, str) for x in (fmt, tier, since)) or not isinstance(service, (str, type(None))):
+                return {"ok": False, "error": "export wants format, tier, since (and service) as strings"}
+            try:
+                content, rows = exporter.export(self.engine, fmt, tier, since, service)
+            except ValueError as exc:
+                return {"ok": False, "error": f"export: {exc}"}
+            return {"ok": True, "format": fmt, "tier": tier, "since": since, "content": content, "rows": rows}
+        return {"ok": False, "error": f"unknown request {op!r} (known: snapshot, refresh, export)"}

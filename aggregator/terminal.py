@@ -25,8 +25,38 @@ def _ago(ts: float, now: float) -> str:
     return f"{secs:.0f}s ago" if secs < 120 else f"{secs / 60:.0f}m ago"
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], width: int = 20, lo: float | None = None,
+              hi: float | None = None) -> str:
+    """The last `width` values as block characters; gaps (None) as spaces."""
+    values = list(values)[-width:]
+    known = [v for v in values if v is not None]
+    if not known:
+        return " " * len(values)
+    lo = min(known) if lo is None else lo
+    hi = max(known) if hi is None else hi
+    span = (hi - lo) or 1.0
+    return "".join(" " if v is None else SPARKS[min(7, max(0, int((v - lo) / span * 7.999)))] for v in values)
+
+
+def _series(history: dict[str, Any], name: str, key: str, width: int) -> list:
+    """One history column, regrouped into `width` points (max within each group, so spikes show)."""
+    values = ((history or {}).get("services") or {}).get(name, {}).get(key) or []
+    if len(values) <= width:
+        return values
+    size = len(values) / width
+    out = []
+    for i in range(width):
+        chunk = [v for v in values[int(i * size):int((i + 1) * size)] if v is not None]
+        out.append((min(chunk) if key in ("success_rate", "up_ratio") else max(chunk)) if chunk else None)
+    return out
+
+
 def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool = True,
-           now: float | None = None, header: str = "") -> str:
+           now: float | None = None, header: str = "", history: dict[str, Any] | None = None,
+           alerts: list[dict[str, Any]] | None = None) -> str:
     now = time.time() if now is None else now
     lines = []
     if header:
@@ -50,4 +80,88 @@ def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool = T
             f"{('—' if rate is None else f'{rate * 100:.0f}'):>5} {_ago(r.get('last_check', 0), now):>9}  {detail}")
     if not services:
         lines.append("(no services reported yet)")
+    if history and services:
+        rng = history.get("range", "")
+        lines.append("")
+        lines.append(f"{'TRENDS ' + rng:<10} {'P95 (' + rng + ')':<22} {'SUCCESS':<22} {'UPTIME':<8} UNKNOWN")
+        for name in sorted(services):
+            w = (services[name].get("windows") or {}).get(rng) or {}
+            up, unk = w.get("uptime"), w.get("unknown_ratio")
+            lines.append(f"{name:<10} {sparkline(_series(history, name, 'p95_ms', 20)):<22} "
+                         f"{sparkline(_series(history, name, 'success_rate', 20), lo=0.0, hi=1.0):<22} "
+                         f"{_pct(up):<8} {_pct(unk)}")
+    if alerts:
+        lines.append("")
+        lines.extend(f"ALERT {a.get('message', '')}" for a in alerts)
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v * 100:.2f}%"
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+COMPARE_ROWS = (
+    ("state", lambda r, w: r.get("state")),
+    ("required", lambda r, w: "yes" if r.get("required") else "no"),
+    ("probe alive", lambda r, w: "yes" if r.get("probe_alive") else "no"),
+    ("checks", lambda r, w: w.get("count")),
+    ("avg ms", lambda r, w: w.get("avg_ms")),
+    ("p50 ms", lambda r, w: w.get("p50_ms")),
+    ("p95 ms", lambda r, w: w.get("p95_ms")),
+    ("p99 ms", lambda r, w: w.get("p99_ms")),
+    ("min ms", lambda r, w: w.get("min_ms")),
+    ("max ms", lambda r, w: w.get("max_ms")),
+    ("success", lambda r, w: _pct(w.get("success_rate"))),
+    ("req/min", lambda r, w: w.get("rpm")),
+    ("errors", lambda r, w: ", ".join(f"{k}:{n}" for k, n in (w.get("errors_by_kind") or {}).items()) or "—"),
+    ("uptime", lambda r, w: _pct(w.get("uptime"))),
+    ("unknown", lambda r, w: _pct(w.get("unknown_ratio"))),
+    ("queue now", lambda r, w: (r.get("queue") or {}).get("current")),
+    ("queue peak", lambda r, w: w.get("queue_peak")),
+    ("job p95 ms", lambda r, w: (r.get("job_time") or {}).get("p95_ms")),
+    ("since change", lambda r, w: None if r.get("since_change_s") is None else f"{r['since_change_s']:.0f}s"),
+)
+
+
+def render_compare(services: dict[str, dict[str, Any]], window: str = "5m") -> str:
+    """Every service side by side, one metric per row, for one window."""
+    names = sorted(services)
+    if not names:
+        return "(no services reported yet)"
+    width = max(12, *(len(n) + 2 for n in names))
+    lines = [f"{'window ' + window:<14}" + "".join(f"{n:>{width}}" for n in names)]
+    for label, get in COMPARE_ROWS:
+        cells = []
+        for n in names:
+            r = services[n]
+            w = (r.get("windows") or {}).get(window) or {}
+            cells.append(f"{_num(get(r, w))[:width - 1]:>{width}}")
+        lines.append(f"{label:<14}" + "".join(cells))
+    usage = [(n, services[n].get("usage")) for n in names if services[n].get("usage")]
+    for n, u in usage:
+        lines.append("")
+        lines.append(f"{n} usage: {u.get('total_tokens', 0)} tokens, est. ${u.get('cost_usd') or 0:.4f}")
+        for model, m in (u.get("by_model") or {}).items():
+            cost = "unpriced" if m.get("cost_usd") is None else f"${m['cost_usd']:.4f}"
+            lines.append(f"  {model:<28} in {m['tokens_in']:>9} out {m['tokens_out']:>9} req {m['requests']:>6} "
+                         f"p95 {_num(m.get('latency_p95_ms'))} ms  {cost}")
+    return "\n".join(lines)
+
+
+def render_alerts(alerts: list[dict[str, Any]], now: float | None = None) -> str:
+    if not alerts:
+        return "No active alerts."
+    now = time.time() if now is None else now
+    lines = [f"{'SERVICE':<10} {'ALERT':<12} {'SINCE':>9}  MESSAGE"]
+    for a in sorted(alerts, key=lambda a: (a.get("service", ""), a.get("name", ""))):
+        lines.append(f"{a.get('service', ''):<10} {a.get('name', ''):<12} {_ago(a.get('since', 0), now):>9}  "
+                     f"{a.get('message', '')}")
     return "\n".join(lines)

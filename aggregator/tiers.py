@@ -1,0 +1,262 @@
+"""Retention tiers for one service: fixed-size rings of buckets, each with a DDSketch.
+
+Default tiers (seed): 5 min at 1 s, 1 h at 10 s, 24 h at 1 min. Each tier is a ring of
+`keep / step` closed buckets plus one open bucket (`acc`), and keeps running totals over
+its ring so a window's figures never need a scan of the ring (only min/max/peak, which
+cannot be "un-added", are rescanned, and only when a bucket enters or leaves).
+
+Flow (lazy, so the per-event path touches only the open 1 s bucket):
+- events go into tier 0's open bucket;
+- when that bucket closes, its events are merged into every coarser tier's open bucket;
+- state time (up / down / unknown seconds) is credited to every tier's open bucket at
+  each bucket boundary and each state change, split exactly at bucket edges.
+
+Columns are `array`s (4-8 bytes per bucket) and sketches packed `bytes`, which is what
+keeps 5 services x 2,100 buckets well under 2 MB.
+"""
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+from . import sketch
+
+UP, DOWN, UNKNOWN = 0, 1, 2
+INF = float("inf")
+
+
+class Agg:
+    """An open bucket, or a running total over many buckets."""
+    __slots__ = ("bins", "ok", "fail", "sum", "mn", "mx", "errors", "time", "qpeak")
+
+    def __init__(self) -> None:
+        self.bins: dict[int, int] = {}
+        self.ok = 0
+        self.fail = 0
+        self.sum = 0.0
+        self.mn = INF
+        self.mx = -INF
+        self.errors: dict[str, int] = {}
+        self.time = [0.0, 0.0, 0.0]  # seconds up, down, unknown
+        self.qpeak = -1.0  # highest queue depth seen; -1: none reported
+
+    def merge_events(self, other: "Agg") -> None:
+        bins = self.bins
+        for k, c in other.bins.items():
+            bins[k] = bins.get(k, 0) + c
+        self.ok += other.ok
+        self.fail += other.fail
+        self.sum += other.sum
+        if other.mn < self.mn:
+            self.mn = other.mn
+        if other.mx > self.mx:
+            self.mx = other.mx
+        for kind, n in other.errors.items():
+            self.errors[kind] = self.errors.get(kind, 0) + n
+        if other.qpeak > self.qpeak:
+            self.qpeak = other.qpeak
+
+
+def encode_errors(errors: dict[str, int]) -> str:
+    return ";".join(f"{k}={n}" for k, n in sorted(errors.items()))
+
+
+def decode_errors(text: str | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in (text or "").split(";"):
+        kind, _, n = part.rpartition("=")
+        if kind and n.isdigit():
+            out[kind] = out.get(kind, 0) + int(n)
+    return out
+
+
+class Tier:
+    def __init__(self, step: float, keep: float, label: str, name: str) -> None:
+        self.step = step
+        self.n = max(1, int(round(keep / step)))
+        self.label = label  # the window it serves: "5m", "1h", "24h", "7d"
+        self.name = name    # the resolution, used by export: "1s", "10s", "1m"
+        n = self.n
+        self.c_ok = array("I", bytes(4 * n))
+        self.c_fail = array("I", bytes(4 * n))
+        self.c_sum = array("d", bytes(8 * n))
+        self.c_mn = array("f", [INF]) * n
+        self.c_mx = array("f", [-INF]) * n
+        self.c_time = [array("f", bytes(4 * n)) for _ in range(3)]
+        self.c_q = array("f", [-1.0]) * n
+        self.c_sk: list[bytes | None] = [None] * n
+        self.c_err: dict[int, str] = {}  # slot -> encoded errors, only for buckets that had any
+        self.head = -1      # bucket index (start / step) of the newest closed bucket
+        self.filled = 0     # closed buckets held (contiguous, ending at head)
+        self.acc = Agg()
+        self.acc_k: int | None = None
+        self.total = Agg()  # running sums over the closed buckets (mn/mx/qpeak: see _scan)
+        self._scanned = True
+
+    # -- writing --------------------------------------------------------------------
+    def clear(self) -> None:
+        """Drop every closed bucket (a gap longer than the retention); the open one stays."""
+        fresh = Tier(self.step, self.n * self.step, self.label, self.name)
+        self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k not in ("acc", "acc_k")})
+
+    def roll_to(self, t: float) -> None:
+        """Make the open bucket the one containing time t, closing (pushing) older ones."""
+        k = int(t // self.step)
+        if self.acc_k is None:
+            self.acc_k = k
+            return
+        if k <= self.acc_k:
+            return
+        self._push(self.acc_k, self.acc)
+        gap = k - self.acc_k - 1
+        if gap >= self.n:
+            self.clear()
+        else:
+            for j in range(self.acc_k + 1, k):
+                self._push(j, Agg())
+        self.acc = Agg()
+        self.acc_k = k
+
+    def credit(self, t0: float, t1: float, cls: int) -> None:
+        """Add the time [t0, t1) spent in state class `cls`, split at bucket edges."""
+        if t1 <= t0:
+            return
+        span = (self.n + 2) * self.step
+        if t1 - t0 > span:  # more than the whole retention: only the last part matters
+            self.roll_to(t1 - span)
+            t0 = t1 - span
+        step = self.step
+        while t0 < t1:
+            self.roll_to(t0)
+            end = (self.acc_k + 1) * step
+            upto = end if end < t1 else t1
+            self.acc.time[cls] += upto - t0
+            t0 = upto
+
+    def _push(self, k: int, agg: Agg) -> None:
+        slot = k % self.n
+        total = self.total
+        if self.filled == self.n:
+            self._expire(slot)
+        else:
+            self.filled += 1
+        self.c_ok[slot] = agg.ok
+        self.c_fail[slot] = agg.fail
+        self.c_sum[slot] = agg.sum
+        self.c_mn[slot] = agg.mn
+        self.c_mx[slot] = agg.mx
+        self.c_q[slot] = agg.qpeak
+        packed = sketch.pack(agg.bins)
+        self.c_sk[slot] = packed
+        for cls in (UP, DOWN, UNKNOWN):
+            self.c_time[cls][slot] = agg.time[cls]
+            total.time[cls] += self.c_time[cls][slot]  # the stored (float32) value, so expiry cancels it
+        if agg.errors:
+            self.c_err[slot] = encode_errors(agg.errors)
+            for kind, n in agg.errors.items():
+                total.errors[kind] = total.errors.get(kind, 0) + n
+        if packed:
+            sketch.add_packed(total.bins, packed)
+        total.ok += agg.ok
+        total.fail += agg.fail
+        total.sum += agg.sum
+        self.head = k
+        self._scanned = False
+
+    def _expire(self, slot: int) -> None:
+        total = self.total
+        total.ok -= self.c_ok[slot]
+        total.fail -= self.c_fail[slot]
+        total.sum -= self.c_sum[slot]
+        for cls in (UP, DOWN, UNKNOWN):
+            total.time[cls] = max(0.0, total.time[cls] - self.c_time[cls][slot])
+        if self.c_sk[slot]:
+            sketch.add_packed(total.bins, self.c_sk[slot], -1)
+        errs = self.c_err.pop(slot, None)
+        if errs:
+            for kind, n in decode_errors(errs).items():
+                left = total.errors.get(kind, 0) - n
+                if left > 0:
+                    total.errors[kind] = left
+                else:
+                    total.errors.pop(kind, None)
+
+    def _scan(self) -> None:
+        """min / max / queue peak over the ring: rescanned (in C, via min()/max()) when stale."""
+        if not self._scanned:
+            self.total.mn = min(self.c_mn)
+            self.total.mx = max(self.c_mx)
+            self.total.qpeak = max(self.c_q)
+            self._scanned = True
+
+    # -- reading --------------------------------------------------------------------
+    def buckets(self, since: float = -INF):
+        """Closed buckets, oldest first, then the open one: (start, Agg-like dict, open?)."""
+        for k in range(self.head - self.filled + 1, self.head + 1):
+            if (k + 1) * self.step <= since:
+                continue
+            slot = k % self.n
+            yield k * self.step, self.bucket_at(slot), False
+        if self.acc_k is not None and (self.acc_k + 1) * self.step > since:
+            yield self.acc_k * self.step, self.acc, True
+
+    def bucket_at(self, slot: int) -> Agg:
+        a = Agg()
+        a.ok, a.fail, a.sum = self.c_ok[slot], self.c_fail[slot], self.c_sum[slot]
+        a.mn, a.mx, a.qpeak = self.c_mn[slot], self.c_mx[slot], self.c_q[slot]
+        a.time = [self.c_time[c][slot] for c in (UP, DOWN, UNKNOWN)]
+        a.errors = decode_errors(self.c_err.get(slot))
+        a.bins = dict(sketch.unpack(self.c_sk[slot]))
+        return a
+
+    def oldest_start(self) -> float | None:
+        if self.filled:
+            return (self.head - self.filled + 1) * self.step
+        return None if self.acc_k is None else self.acc_k * self.step
+
+
+def figures(agg_list: list[Agg], time_extra: tuple[int, float] | None, covered_s: float) -> dict[str, Any]:
+    """The window figures from a few aggregates (ring totals, open buckets)."""
+    bins: dict[int, int] = {}
+    ok = fail = 0
+    total_sum = 0.0
+    mn, mx, qpeak = INF, -INF, -1.0
+    errors: dict[str, int] = {}
+    time = [0.0, 0.0, 0.0]
+    for a in agg_list:
+        if a.bins:
+            if not bins:
+                bins = dict(a.bins)
+            else:
+                for k, c in a.bins.items():
+                    bins[k] = bins.get(k, 0) + c
+        ok += a.ok
+        fail += a.fail
+        total_sum += a.sum
+        mn = min(mn, a.mn)
+        mx = max(mx, a.mx)
+        qpeak = max(qpeak, a.qpeak)
+        for kind, n in a.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+        for c in (UP, DOWN, UNKNOWN):
+            time[c] += a.time[c]
+    if time_extra is not None:
+        time[time_extra[0]] += time_extra[1]
+    p50, p95, p99 = sketch.quantiles(bins, (0.5, 0.95, 0.99))
+    count = ok + fail
+    known = time[UP] + time[DOWN]
+    observed = known + time[UNKNOWN]
+    return {
+        "count": count,
+        "avg_ms": total_sum / ok if ok else None,
+        "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+        "min_ms": round(mn, 3) if ok else None,  # ring columns hold float32: show whole microseconds
+        "max_ms": round(mx, 3) if ok else None,
+        "success_rate": ok / count if count else None,
+        "uptime": time[UP] / known if known > 0 else None,
+        "unknown_ratio": time[UNKNOWN] / observed if observed > 0 else None,
+        "rpm": count / (covered_s / 60.0) if covered_s > 0 else None,
+        "errors_by_kind": errors,
+        "queue_peak": qpeak if qpeak >= 0 else None,
+        "up_s": time[UP], "down_s": time[DOWN], "unknown_s": time[UNKNOWN],
+    }
