@@ -1,0 +1,354 @@
+"""The Connection Status panel, its Health Monitoring sub-panel and the Metrics History view,
+in the 3D Viewport sidebar, the Properties editor (Scene tab) and the Video Sequencer sidebar.
+
+Drawing only reads: the window manager's mirrored status and the client's dictionaries.
+"""
+import time
+
+import bpy
+from bpy.types import Panel
+
+from . import charts, deps, runtime, view
+
+RT = runtime.RT
+HAS_PROGRESS = bpy.app.version >= (4, 0, 0)  # layout.progress() arrived in 4.0
+
+
+# -- where the panels live: one mixin per editor (Blender's own UI code does the same) -----------
+class View3DSidebar:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Movie Director"
+
+
+class SequencerSidebar:
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "Movie Director"
+
+
+class PropertiesScene:
+    bl_space_type = "PROPERTIES"
+    bl_region_type = "WINDOW"
+    bl_context = "scene"
+
+
+def _indicator(layout, kind, text, icon, service="", tip="", emboss=False):
+    op = layout.operator("movie_director.indicator", text=text, icon=icon, emboss=emboss)
+    op.kind, op.service, op.text = kind, service, tip
+    return op
+
+
+def _bar(layout, frac, text, level="none"):
+    """A bar whose colour follows a threshold (the icon carries the colour, words the value)."""
+    row = layout.row(align=True)
+    row.alert = level == "bad"
+    if HAS_PROGRESS:
+        row.label(text="", icon=view.LEVEL_ICON[level])
+        row.progress(factor=view.fraction(frac), type="BAR", text=text)
+    else:
+        row.label(text=f"{view.text_bar(frac)}  {text}", icon=view.LEVEL_ICON[level])
+
+
+# -- Connection Status -----------------------------------------------------------------------------
+class ConnectionStatus:
+    bl_label = "Backend Services"
+
+    def draw_header(self, context):
+        state = getattr(context.window_manager, runtime.STATE)
+        self.layout.label(text="", icon=view.OVERALL.get(state.overall, view.OVERALL["OFFLINE"])[0])
+
+    def draw(self, context):
+        layout = self.layout
+        state = getattr(context.window_manager, runtime.STATE)
+        if deps.MISSING:
+            col = layout.column()
+            col.alert = True
+            col.label(text="Missing Python packages", icon="ERROR")
+            col.label(text=deps.MISSING)
+            return
+        client = RT.client
+        records = client.services if client else {}
+
+        icon, words = view.OVERALL.get(state.overall, view.OVERALL["OFFLINE"])
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        _indicator(row, "overall", words, icon, emboss=True)
+        sub = row.row(align=True)
+        sub.enabled = state.online
+        sub.operator("movie_director.refresh", text="", icon="FILE_REFRESH").service = ""
+        if state.overall_reason and state.overall not in ("GREEN", "OFFLINE"):
+            layout.label(text=state.overall_reason)
+
+        if not state.online:
+            box = layout.box()
+            col = box.column()
+            col.alert = True
+            col.label(text="Monitor offline", icon="INTERNET_OFFLINE")
+            ep = RT.endpoints.snapshots if RT.endpoints else "?"
+            box.label(text=f"No heartbeat at {ep}. Reconnects by itself.")
+            if not state.monitor_running:
+                box.operator("movie_director.start_monitor", icon="PLAY")
+            else:
+                box.label(text="Local monitor starting ...", icon="TIME")
+
+        now = time.time()
+        traced = {}
+        for item in state.services:
+            self.draw_service(layout, item, records.get(item.name), now)
+            traced[item.name] = item.state
+        self.draw_llm(layout, state, records.get(view.LLM))
+
+        footer = layout.row(align=True)
+        if state.monitor_running:
+            footer.operator("movie_director.stop_monitor", icon="PAUSE")
+        elif state.online:
+            footer.label(text="Monitor running outside Blender", icon="LINKED")
+        if state.message:
+            layout.label(text=state.message, icon="INFO")
+        runtime.trace("connection_status", {"overall": state.overall, "online": state.online, "services": traced,
+                                            "space": self.bl_space_type})
+
+    def draw_service(self, layout, item, record, now):
+        box = layout.box()
+        row = box.row(align=True)
+        row.prop(item, "show_details", text="", emboss=False,
+                 icon="TRIA_DOWN" if item.show_details else "TRIA_RIGHT")
+        row.label(text=item.label)
+        icon, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
+        state_row = row.row(align=True)
+        state_row.alert = item.state in ("disconnected", "error") or (item.required and item.state != "connected")
+        _indicator(state_row, "state", words, icon, item.name)
+        _indicator(row, "badge", "Required" if item.required else "Optional",
+                   "LOCKED" if item.required else "UNLOCKED", item.name)
+        line = box.row()
+        _indicator(line, "last_check", f"last check {view.ago((record or {}).get('last_check'), now)}", "TIME", item.name)
+        if item.state == "connected":
+            box.label(text=f"{item.version or view.DASH} · {view.capabilities_text(record)}", icon="INFO")
+        if item.show_details:
+            col = box.column(align=True)
+            col.label(text=f"URL: {(record or {}).get('url') or view.DASH}")
+            col.label(text=f"Version: {item.version or view.DASH}")
+            for line_text in view.devices_lines(record) or [f"Devices: {view.DASH}"]:
+                col.label(text=line_text)
+            col.label(text=f"Queue: {view.queue_text(record)}")
+            col.label(text=f"Resources: {view.resources_text(record)}")
+            if item.error:
+                err = col.row(align=True)
+                err.alert = True
+                err.label(text=item.error, icon="ERROR")
+                err.operator("movie_director.copy_error", text="", icon="COPYDOWN").service = item.name
+
+    def draw_llm(self, layout, state, record):
+        p = runtime.prefs()
+        llm = view.llm_view(record, p.active_model if p else "")
+        box = layout.box()
+        row = box.row(align=True)
+        row.prop(state, "show_llm_details", text="", emboss=False,
+                 icon="TRIA_DOWN" if state.show_llm_details else "TRIA_RIGHT")
+        row.label(text="Language Models")
+        if not state.online or record is None:
+            icon, words, _ = view.STATES[view.state_of(record, state.online)]
+            _indicator(row, "llm", words, icon, tip="No language-model probe reports to the monitor")
+        elif llm["configured"]:
+            _indicator(row, "llm", "Configured", "CHECKMARK", tip="At least one provider has a key")
+        else:
+            sub = row.row()
+            sub.alert = True
+            _indicator(sub, "llm", "Not Configured", "CANCEL", tip="No provider has an API key")
+        if record is not None and not llm["configured"]:
+            col = box.column(align=True)
+            col.label(text="Set one of these environment variables:", icon="INFO")
+            for name in view.LLM_ENV_HINT:
+                col.label(text=f"    {name}")
+        if llm["configured"] or state.show_llm_details:
+            col = box.column(align=True)
+            col.label(text=f"Active model: {llm['active_model']}")
+            col.label(text=f"Models available: {view.count(llm['model_count'])}")
+            if state.show_llm_details:
+                for name, pstate, error in llm["providers"]:
+                    r = col.row()
+                    r.alert = pstate in ("invalid", "unreachable")
+                    r.label(text=f"{name}: {pstate.replace('_', ' ')}" + (f" ({error})" if error else ""))
+        if llm["models"]:
+            row = box.row()
+            row.prop(state, "show_models", emboss=False, icon="TRIA_DOWN" if state.show_models else "TRIA_RIGHT",
+                     text=f"Models ({len(llm['models'])})")
+            if state.show_models:
+                col = box.column(align=True)
+                for model in llm["models"]:
+                    col.label(text=model)
+
+
+# -- Health Monitoring -------------------------------------------------------------------------------
+def _trend_icon(name, rng, series, big=False):
+    """(response-time icon, success-rate icon) for one service, re-rendered only on change."""
+    w, h1, h2 = (320, 96, 32) if big else (160, 44, 14)
+    hist = series
+    t = hist.get("t") or []
+    sig = (rng, len(t), t[-1] if t else None, big)
+    p95, p50, ok = hist.get("p95_ms") or [], hist.get("p50_ms") or [], hist.get("success_rate") or []
+    trend = runtime.chart_icon(f"{name}.trend.{big}", sig, (w, h1), lambda: charts.line_chart(
+        [(p95, charts.P95), (p50, charts.P50)], w, h1, limit=view.FAST_MS))
+    rate = runtime.chart_icon(f"{name}.rate.{big}", sig, (w, h2), lambda: charts.rate_chart(ok, w, h2))
+    return trend, rate
+
+
+def service_series(name, rng):
+    """The aggregator's history for the range, else the add-on's own recent samples (5 m)."""
+    series = view.history_series(RT.client.history if RT.client else {}, name, rng)
+    if series or rng != "5m":
+        return series
+    samples = list(RT.samples.get(name) or ())
+    return {"t": [s[0] for s in samples], "p50_ms": [s[1] for s in samples], "p95_ms": [s[2] for s in samples],
+            "success_rate": [s[3] for s in samples]}
+
+
+class HealthDashboard:
+    bl_label = "Health Monitoring"
+
+    def draw(self, context):
+        layout = self.layout
+        state = getattr(context.window_manager, runtime.STATE)
+        rng = state.metrics_range
+        layout.row().prop(state, "metrics_range", expand=True)
+        client = RT.client
+        if client is None or not state.online:
+            layout.label(text="Monitor offline: no figures", icon="INTERNET_OFFLINE")
+            return
+        for alert in client.alerts:
+            col = layout.column()
+            col.alert = True
+            col.label(text=str(alert.get("message") or alert.get("name")), icon="ERROR")
+
+        shown = {}
+        for item in state.services:
+            record = client.services.get(item.name)
+            if record is None:
+                continue
+            stats = view.stats_for(record, rng)
+            box = layout.box()
+            icon, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
+            box.label(text=f"{item.label} · {words}", icon=icon)
+            p95 = stats.get("p95_ms")
+            lvl = view.level(p95)
+            _bar(box, (p95 or 0) / view.SLOW_MS, f"avg {view.ms(stats.get('avg_ms'))} · p95 {view.ms(p95)}", lvl)
+            rate = stats.get("success_rate")
+            _bar(box, rate or 0.0, f"success {view.pct(rate)}",
+                 "none" if rate is None else ("good" if rate >= 0.99 else "warn" if rate >= 0.9 else "bad"))
+            col = box.column(align=True)
+            col.label(text=f"Uptime ({rng}): {view.pct(view.uptime_for(record, rng), 2)}")
+            col.label(text=f"Queue: {view.queue_text(record)}")
+            col.label(text=f"Resources: {view.resources_text(record)}")
+            trend, rate_icon = _trend_icon(item.name, rng, service_series(item.name, rng))
+            if trend:
+                pics = box.column(align=True)
+                pics.template_icon(icon_value=trend, scale=8.0)
+                pics.template_icon(icon_value=rate_icon, scale=8.0)
+                pics.label(text="Orange: p95, blue: p50, dashed: 500 ms. Bars: success rate")
+            shown[item.name] = {"p95": view.ms(p95), "success": view.pct(rate)}
+
+        self.draw_llm_usage(layout, client.services.get(view.LLM))
+        self.draw_compare(layout, state, client, rng)
+        row = layout.row()
+        op = row.operator("movie_director.export_metrics", icon="EXPORT")
+        op.range = rng if rng != "5m" else "1h"
+        runtime.trace("health_dashboard", {"range": rng, "services": shown, "alerts": len(client.alerts)})
+
+    def draw_llm_usage(self, layout, record):
+        if record is None:
+            return
+        usage = view.llm_usage(record)
+        p = runtime.prefs()
+        llm = view.llm_view(record, p.active_model if p else "")
+        box = layout.box()
+        box.label(text="Language Models", icon="TEXT")
+        col = box.column(align=True)
+        col.label(text=f"Active model: {llm['active_model']}")
+        col.label(text=f"Tokens used: {view.count(usage['total_tokens'])} · cost {view.money(usage['cost_usd'])}")
+        for model, tokens, latency, cost, _req in usage["models"]:
+            col.label(text=f"  {model}: {view.count(tokens)} tokens, {view.ms(latency)}, {view.money(cost)}")
+
+    def draw_compare(self, layout, state, client, rng):
+        box = layout.box()
+        row = box.row()
+        row.label(text="Compare", icon="SORTSIZE")
+        row.prop(state, "compare_metric", expand=True)
+        grid = box.grid_flow(row_major=True, columns=4, even_columns=True, align=True)
+        for head in ("Service", "p95", "Success", "Uptime"):
+            grid.label(text=head)
+        bars = []
+        colours = (charts.P95, charts.P50, charts.OK, charts.FAIL, charts.LIMIT)
+        for i, item in enumerate(state.services):
+            record = client.services.get(item.name)
+            if record is None:
+                continue
+            stats = view.stats_for(record, rng)
+            up = view.uptime_for(record, rng)
+            grid.label(text=item.label)
+            grid.label(text=view.ms(stats.get("p95_ms")))
+            grid.label(text=view.pct(stats.get("success_rate")))
+            grid.label(text=view.pct(up))
+            value = {"p95": stats.get("p95_ms"), "success": stats.get("success_rate"), "uptime": up}[state.compare_metric]
+            bars.append((value, colours[i % len(colours)]))
+        if bars:
+            sig = (state.compare_metric, tuple(v for v, _ in bars))
+            limit = view.FAST_MS if state.compare_metric == "p95" else None
+            icon = runtime.chart_icon(f"compare.{len(bars)}", sig, (160, 40),
+                                      lambda: charts.compare_chart(bars, 160, 40, limit))
+            box.template_icon(icon_value=icon, scale=6.0)
+
+
+class MetricsHistory:
+    bl_label = "Metrics History"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        state = getattr(context.window_manager, runtime.STATE)
+        if RT.client is None or not state.online:
+            layout.label(text="Monitor offline", icon="INTERNET_OFFLINE")
+            return
+        rng = state.metrics_range
+        layout.row().prop(state, "metrics_range", expand=True)
+        for item in state.services:
+            if item.name not in RT.client.services:
+                continue
+            series = service_series(item.name, rng)
+            layout.label(text=f"{item.label}: {len(series.get('t') or [])} points over {rng}")
+            trend, rate = _trend_icon(item.name, rng, series, big=True)
+            col = layout.column(align=True)
+            col.template_icon(icon_value=trend, scale=16.0)
+            col.template_icon(icon_value=rate, scale=16.0)
+
+
+# -- the classes: the same three panels in each of the three editors -------------------------------
+def _panels(editor, suffix, open_dashboard):
+    """Panel ids must be unique per class: the 3D Viewport keeps the plain ids, the other
+    editors add a suffix. The Properties editor has room, so its dashboard starts open."""
+    status_id = f"MOVIE_DIRECTOR_PT_connection_status{suffix}"
+    dash_id = f"MOVIE_DIRECTOR_PT_health_dashboard{suffix}"
+    status = type(status_id, (editor, ConnectionStatus, Panel), {"bl_idname": status_id})
+    dash = type(dash_id, (editor, HealthDashboard, Panel), {
+        "bl_idname": dash_id, "bl_parent_id": status_id,
+        "bl_options": set() if open_dashboard else {"DEFAULT_CLOSED"}})
+    hist_id = f"MOVIE_DIRECTOR_PT_metrics_history{suffix}"
+    hist = type(hist_id, (editor, MetricsHistory, Panel), {"bl_idname": hist_id, "bl_parent_id": dash_id})
+    return status, dash, hist
+
+
+classes = (
+    *_panels(View3DSidebar, "", False),
+    *_panels(SequencerSidebar, "_sequencer", False),
+    *_panels(PropertiesScene, "_properties", True),
+)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

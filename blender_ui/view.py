@@ -1,0 +1,264 @@
+"""What the panels show, computed from aggregator records. Pure Python, no bpy.
+
+Every value the contracts allow to be missing (a field the aggregator does not send yet,
+`None` for "unknowable") is shown as an em dash, never as 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DASH = "—"
+
+# The four backends of the story, in display order; any other service the monitor reports
+# is shown after them under its own name.
+BACKENDS = (("comfyui", "ComfyUI"), ("wan2gp", "Wan2GP"), ("rvc", "RVC"), ("audioldm", "AudioLDM"))
+LLM = "llm"
+RANGES = ("5m", "1h", "24h")
+
+# state -> (icon, words, tooltip). Icon and words together: never colour alone.
+STATES: dict[str, tuple[str, str, str]] = {
+    "connected": ("CHECKMARK", "Connected", "The last check succeeded"),
+    "connecting": ("TIME", "Connecting", "Checking, or confirming a change of state"),
+    "disconnected": ("CANCEL", "Disconnected", "The service does not answer"),
+    "error": ("ERROR", "Error", "The service answers, but not as expected (wrong app, bad key)"),
+    "unknown": ("QUESTION", "Unknown", "The probe watching this service has stopped reporting"),
+    "offline": ("INTERNET_OFFLINE", "Monitor offline", "No heartbeat from the monitor: state unknown"),
+    "missing": ("DOT", "Not monitored", "The monitor has no probe for this service (see its config)"),
+}
+
+OVERALL: dict[str, tuple[str, str]] = {
+    "GREEN": ("SEQUENCE_COLOR_04", "All services up"),
+    "YELLOW": ("SEQUENCE_COLOR_03", "Optional service down or degraded"),
+    "RED": ("SEQUENCE_COLOR_01", "Required service down"),
+    "OFFLINE": ("INTERNET_OFFLINE", "Monitor offline"),
+}
+OVERALL_RULE = ("Red: a required service is not connected. Yellow: only optional services are "
+                "down or still connecting. Green: every monitored service is connected")
+
+# Response-time thresholds for the coloured bars (p95, milliseconds).
+FAST_MS = 500.0
+SLOW_MS = 2000.0
+LEVEL_ICON = {"good": "SEQUENCE_COLOR_04", "warn": "SEQUENCE_COLOR_03", "bad": "SEQUENCE_COLOR_01", "none": "DOT"}
+
+LLM_ENV_HINT = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OLLAMA_HOST")
+
+
+def label_of(name: str) -> str:
+    return dict(BACKENDS).get(name, "Language models" if name == LLM else name)
+
+
+def service_names(records: dict[str, Any]) -> list[str]:
+    """The four backends first, then whatever else the monitor reports (not the LLM)."""
+    known = [n for n, _ in BACKENDS]
+    return known + sorted(n for n in records if n not in known and n != LLM)
+
+
+def is_required(name: str, record: dict[str, Any] | None, override: str = "AUTO") -> bool:
+    """The add-on's preference wins; AUTO takes what the monitor's config says."""
+    if override == "REQUIRED":
+        return True
+    if override == "OPTIONAL":
+        return False
+    return bool(record and record.get("required"))
+
+
+def state_of(record: dict[str, Any] | None, online: bool) -> str:
+    if not online:
+        return "offline"
+    if not record:
+        return "missing"
+    state = record.get("state", "unknown")
+    return state if state in STATES else "unknown"
+
+
+def overall(rows: list[tuple[str, str, bool]], online: bool) -> tuple[str, str]:
+    """rows: (label, state, required). Returns (light, reason)."""
+    if not online:
+        return "OFFLINE", "No heartbeat from the monitor"
+    down_required = [label for label, state, req in rows if req and state != "connected"]
+    if down_required:
+        return "RED", "Not connected: " + ", ".join(down_required)
+    degraded = [label for label, state, req in rows if not req and state not in ("connected", "missing")]
+    if degraded:
+        return "YELLOW", "Not connected (optional): " + ", ".join(degraded)
+    return "GREEN", OVERALL["GREEN"][1]
+
+
+# -- formatting ---------------------------------------------------------------------------
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def ago(ts: float | None, now: float) -> str:
+    if not _num(ts) or ts <= 0:
+        return "never"
+    s = max(0, int(now - ts))
+    if s < 90:
+        return f"{s} s ago"
+    if s < 90 * 60:
+        return f"{s // 60} min ago"
+    return f"{s // 3600} h ago"
+
+
+def ms(v: Any) -> str:
+    if not _num(v):
+        return DASH
+    return f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.0f} ms"
+
+
+def pct(v: Any, digits: int = 1) -> str:
+    return f"{v * 100:.{digits}f} %" if _num(v) else DASH
+
+
+def count(v: Any) -> str:
+    return str(int(v)) if _num(v) else DASH
+
+
+def size(v: Any) -> str:
+    if not _num(v):
+        return DASH
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(v) < 1024 or unit == "GB":
+            return f"{v:.1f} {unit}" if unit != "B" else f"{int(v)} B"
+        v /= 1024
+    return DASH
+
+
+def money(v: Any) -> str:
+    return f"${v:.4f}" if _num(v) and v < 1 else (f"${v:.2f}" if _num(v) else DASH)
+
+
+def level(p95_ms: Any) -> str:
+    if not _num(p95_ms):
+        return "none"
+    return "good" if p95_ms < FAST_MS else ("warn" if p95_ms < SLOW_MS else "bad")
+
+
+def fraction(v: Any) -> float:
+    return min(1.0, max(0.0, float(v))) if _num(v) else 0.0
+
+
+def text_bar(frac: float, width: int = 12) -> str:
+    """A bar made of characters, for Blender before 4.0 (no `layout.progress`)."""
+    filled = round(fraction(frac) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+# -- record readers -------------------------------------------------------------------------
+def stats_for(record: dict[str, Any] | None, rng: str) -> dict[str, Any]:
+    """The figures for a time range: `windows[rng]` if the aggregator sends it, else the
+    5-minute `stats` for "5m", else nothing (shown as dashes)."""
+    if not record:
+        return {}
+    windows = record.get("windows")
+    if isinstance(windows, dict) and isinstance(windows.get(rng), dict):
+        return windows[rng]
+    if rng == "5m" and isinstance(record.get("stats"), dict):
+        return record["stats"]
+    return {}
+
+
+def uptime_for(record: dict[str, Any] | None, rng: str) -> Any:
+    if not record:
+        return None
+    up = record.get("uptime")
+    if isinstance(up, dict) and rng in up:
+        return up[rng]
+    return stats_for(record, rng).get("uptime")
+
+
+def queue_text(record: dict[str, Any] | None) -> str:
+    if not record:
+        return DASH
+    q = record.get("queue")
+    details = record.get("details") or {}
+    if isinstance(q, dict) and _num(q.get("current")):
+        return f"{count(q.get('current'))} now, peak {count(q.get('peak'))}"
+    if _num(details.get("queue_depth")):
+        return (f"{count(details['queue_depth'])} (running {count(details.get('queue_running'))}, "
+                f"pending {count(details.get('queue_pending'))})")
+    return DASH
+
+
+def resources_text(record: dict[str, Any] | None) -> str:
+    res = ((record or {}).get("details") or {}).get("resources")
+    if not isinstance(res, dict):
+        return DASH
+    parts = []
+    proc = res.get("process")
+    if isinstance(proc, dict):
+        parts.append(f"process CPU {_fmt_cpu(proc.get('cpu_percent'))}, RAM {size(proc.get('rss_bytes'))}")
+    host = res.get("host")
+    if isinstance(host, dict):
+        parts.append(f"host CPU {_fmt_cpu(host.get('cpu_percent'))}, RAM {size(host.get('ram_used'))}"
+                     f" of {size(host.get('ram_total'))}")
+    if _num(res.get("vram_used_bytes")):
+        parts.append(f"VRAM {size(res['vram_used_bytes'])}")
+    return "; ".join(parts) or DASH
+
+
+def _fmt_cpu(v: Any) -> str:
+    return f"{v:.0f} %" if _num(v) else DASH
+
+
+def devices_lines(record: dict[str, Any] | None) -> list[str]:
+    devices = ((record or {}).get("details") or {}).get("devices")
+    if not isinstance(devices, list):
+        return []
+    out = []
+    for d in devices:
+        if isinstance(d, dict):
+            name = str(d.get("name") or "device").split(":")[-1].strip() or "device"
+            out.append(f"{name}: VRAM {size(d.get('vram_free'))} free of {size(d.get('vram_total'))}")
+    return out
+
+
+def capabilities_text(record: dict[str, Any] | None, limit: int = 4) -> str:
+    caps = [str(c) for c in ((record or {}).get("capabilities") or [])]
+    if not caps:
+        return DASH
+    more = f" +{len(caps) - limit}" if len(caps) > limit else ""
+    return ", ".join(caps[:limit]) + more
+
+
+def llm_view(record: dict[str, Any] | None, active_override: str = "") -> dict[str, Any]:
+    details = (record or {}).get("details") or {}
+    providers = details.get("providers") if isinstance(details.get("providers"), dict) else {}
+    configured = {n: p for n, p in providers.items() if isinstance(p, dict) and p.get("configured")}
+    models: list[str] = []
+    counts = []
+    for p in configured.values():
+        models += [str(m) for m in (p.get("models") or [])]
+        if _num(p.get("model_count")):
+            counts.append(int(p["model_count"]))
+    return {
+        "monitored": record is not None,
+        "configured": bool(configured),
+        "providers": [(n, str(p.get("state", "not_configured")), str(p.get("error") or ""))
+                      for n, p in sorted(providers.items()) if isinstance(p, dict)],
+        "active_model": active_override or details.get("active_model") or DASH,
+        "model_count": sum(counts) if counts else (len(models) if models else None),
+        "models": sorted(set(models)),
+    }
+
+
+def llm_usage(record: dict[str, Any] | None) -> dict[str, Any]:
+    usage = (record or {}).get("usage")
+    if not isinstance(usage, dict):
+        return {"total_tokens": None, "cost_usd": None, "models": []}
+    rows = []
+    for model, u in sorted((usage.get("by_model") or {}).items()):
+        if isinstance(u, dict):
+            rows.append((model, (u.get("tokens_in") or 0) + (u.get("tokens_out") or 0)
+                         if _num(u.get("tokens_in")) or _num(u.get("tokens_out")) else None,
+                         u.get("latency_p50_ms"), u.get("cost_usd"), u.get("requests")))
+    return {"total_tokens": usage.get("total_tokens"), "cost_usd": usage.get("cost_usd"), "models": rows}
+
+
+def history_series(history: dict[str, Any], name: str, rng: str) -> dict[str, list]:
+    """The aggregator's history for one service if it covers this range, else {}."""
+    if not isinstance(history, dict) or history.get("range") != rng:
+        return {}
+    series = (history.get("services") or {}).get(name)
+    return series if isinstance(series, dict) else {}

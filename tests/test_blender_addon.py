@@ -1,0 +1,294 @@
+"""The Blender add-on in real bpy (5.0.x from PyPI), against real processes on loopback.
+
+Timers never fire in the bpy module, so the tests call the timer callback directly, as
+Blender would. Nothing here mocks bpy or pyzmq.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import zmq
+
+import bpy  # noqa: E402 - real bpy, installed by the Makefile (pyproject [test])
+import addon_utils  # noqa: E402 - ships with bpy
+
+from bus.protocol import decode, encode
+from bus.sockets import Endpoints
+from tests.fakes.base import free_port
+from tests.fakes.comfyui import FakeComfyUI
+
+ADDON = "blender_ui"
+
+
+def _enable():
+    mod = addon_utils.enable(ADDON, default_set=True, handle_error=None)
+    assert mod is not None, "the add-on failed to enable"
+    from blender_ui import runtime
+    return runtime
+
+
+def _disable():
+    addon_utils.disable(ADDON, default_set=True, handle_error=None)
+
+
+@pytest.fixture
+def addon(endpoints):
+    runtime = _enable()
+    use_endpoints(endpoints)
+    yield runtime
+    _disable()
+
+
+def prefs():
+    return bpy.context.preferences.addons[ADDON].preferences
+
+
+def state():
+    return bpy.context.window_manager.movie_director_health
+
+
+def use_endpoints(ep: Endpoints) -> None:
+    p = prefs()
+    p.events, p.snapshots, p.requests = ep.events, ep.snapshots, ep.requests
+
+
+def tick_until(runtime, predicate, timeout=20.0):
+    """Call the timer callback as Blender would, until predicate() holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        interval = runtime.tick()
+        assert interval == pytest.approx(prefs().interval)
+        if predicate():
+            return True
+        time.sleep(0.02)
+    raise AssertionError(f"not reached in {timeout} s: services "
+                         f"{[(s.name, s.state) for s in state().services]}, online {state().online}")
+
+
+def item(name):
+    return state().services.get(name)
+
+
+def _resources():
+    me = psutil.Process()
+    return me.num_threads(), len(me.net_connections(kind="tcp")), len(me.children(recursive=True))
+
+
+def test_enable_disable_twenty_times_leaves_nothing_behind():
+    from blender_ui import panels
+    _enable(); _disable()  # first import creates lasting module state; measure after it
+    threads, conns, children = _resources()
+    for _ in range(20):
+        runtime = _enable()
+        assert bpy.app.timers.is_registered(runtime.tick)
+        assert hasattr(bpy.types, "MOVIE_DIRECTOR_PT_connection_status")
+        assert runtime.RT.client is not None
+        _disable()
+        assert not bpy.app.timers.is_registered(runtime.tick)
+        assert runtime.RT.client is None and runtime.RT.previews is None
+    for cls in panels.classes:
+        assert not hasattr(bpy.types, cls.bl_idname), cls.bl_idname
+    assert not hasattr(bpy.types.WindowManager, "movie_director_health")
+    assert not hasattr(bpy.ops.movie_director, "refresh") or "movie_director.refresh" not in dir(bpy.types)
+    assert _resources() == (threads, conns, children)
+
+
+def test_registers_panels_in_three_editors_with_the_agreed_ids(addon):
+    t = bpy.types
+    assert t.MOVIE_DIRECTOR_PT_connection_status.bl_space_type == "VIEW_3D"
+    assert t.MOVIE_DIRECTOR_PT_connection_status.bl_category == "Movie Director"
+    assert t.MOVIE_DIRECTOR_PT_health_dashboard.bl_parent_id == "MOVIE_DIRECTOR_PT_connection_status"
+    assert t.MOVIE_DIRECTOR_PT_connection_status_sequencer.bl_space_type == "SEQUENCE_EDITOR"
+    assert t.MOVIE_DIRECTOR_PT_connection_status_properties.bl_space_type == "PROPERTIES"
+    assert prefs().interval <= 0.1  # the default meets the 100 ms criterion
+
+
+def test_offline_without_aggregator_then_live_status_then_recovery(addon, procs, tmp_path):
+    runtime = addon
+    tick_until(runtime, lambda: state().overall == "OFFLINE" and item("comfyui").state == "offline")
+    assert not state().online
+    with FakeComfyUI() as fake:
+        procs.probe("comfyui", "--url", fake.url, "--interval", "0.5")
+        agg = procs.aggregator()
+        tick_until(runtime, lambda: item("comfyui") and item("comfyui").state == "connected")
+        comfy = item("comfyui")
+        assert state().online and comfy.version == "0.3.40" and comfy.last_check.count(":") == 2
+        assert state().overall == "GREEN", state().overall_reason  # comfyui is required by default config
+        assert item("wan2gp").state == "missing"
+        # The timer wrote only the window manager: a saved file does not carry it. (The bpy module
+        # reports every file as dirty, so "not marked modified" is checked in the GUI test.)
+        blend = tmp_path / "scene.blend"
+        bpy.ops.wm.save_as_mainfile(filepath=str(blend), compress=False)
+        assert b"movie_director_health" not in blend.read_bytes()
+
+        # An unchanged world writes nothing: ticks without news leave the update counter alone.
+        runtime.RT.client.poll()  # swallow what is waiting
+        before = state().updates
+        runtime.sync(state(), runtime.RT.client)
+        assert state().updates == before
+
+        # Refresh via the operator: the probe checks again and a newer last_check arrives.
+        record = lambda: runtime.RT.client.services["comfyui"]  # noqa: E731
+        seen = record()["last_check"]
+        assert bpy.ops.movie_director.refresh() == {"FINISHED"}
+        tick_until(runtime, lambda: record()["last_check"] > seen, timeout=10)
+
+        # Loading another file keeps the timer, and the status comes back on the new window manager.
+        bpy.ops.wm.read_homefile(use_empty=True)
+        assert bpy.app.timers.is_registered(runtime.tick)
+        tick_until(runtime, lambda: item("comfyui") and item("comfyui").state == "connected")
+
+        fake.stop()  # the backend dies: its box turns red live
+        tick_until(runtime, lambda: item("comfyui").state in ("disconnected", "error"))
+        assert state().overall == "RED" and "ComfyUI" in state().overall_reason
+        assert item("comfyui").error
+
+        procs.children.remove(agg)
+        from bus.lifeline import stop
+        stop(agg)  # the aggregator goes away: "Monitor offline", never stale lights
+        tick_until(runtime, lambda: state().overall == "OFFLINE" and item("comfyui").state == "offline")
+        procs.aggregator()  # it comes back: the add-on reconnects by itself
+        tick_until(runtime, lambda: state().online and item("comfyui").state in ("disconnected", "error"))
+
+
+def test_timer_survives_an_exception(addon):
+    runtime = addon
+
+    class Broken:
+        online = False
+        services: dict = {}
+
+        def poll(self, *a, **k):
+            raise RuntimeError("boom")
+
+    real, runtime.RT.client = runtime.RT.client, Broken()
+    try:
+        assert runtime.tick() == pytest.approx(prefs().interval)
+        assert runtime.tick() == pytest.approx(prefs().interval)
+    finally:
+        runtime.RT.client = real
+    assert "RuntimeError: boom" in runtime.RT.errors_logged
+    assert bpy.app.timers.is_registered(runtime.tick)
+
+
+class FakeAggregator:
+    """A minimal aggregator on real sockets: heartbeats, snapshot and export replies in the
+    contract's shapes, so the export operator is tested whatever the real aggregator does."""
+
+    def __init__(self, ep: Endpoints, export_reply):
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.bind(ep.snapshots)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.bind(ep.requests)
+        self.export_reply = export_reply
+        self.requests: list[dict] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        seq = 0
+        while not self.stop.is_set():
+            seq += 1
+            self.pub.send(encode("heartbeat.aggregator", "aggregator", seq,
+                                 {"interval": 0.2, "instance": "fake", "alerts": []}))
+            if self.router.poll(200):
+                ident, frame = self.router.recv_multipart()
+                msg = decode(frame)
+                self.requests.append({"topic": msg.topic, **msg.body})
+                op = msg.topic.split(".", 1)[1]
+                body = {"ok": True, "id": msg.body["id"], "seq": seq, "state": {"instance": "fake", "services": {}}}
+                if op == "export":
+                    body = {"id": msg.body["id"], **self.export_reply}
+                self.router.send_multipart([ident, encode(f"reply.{op}", "aggregator", seq, body)])
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+        self.pub.close(0)
+        self.router.close(0)
+        self.ctx.term()
+
+
+def test_export_metrics_writes_what_the_monitor_served(addon, endpoints, tmp_path):
+    runtime = addon
+    reply = {"ok": True, "format": "csv", "rows": 2, "content": "ts,service,p95_ms\n1,comfyui,12\n2,comfyui,14\n"}
+    with FakeAggregator(endpoints, reply) as agg:
+        tick_until(runtime, lambda: state().online)
+        target = tmp_path / "out" / "metrics"
+        assert bpy.ops.movie_director.export_metrics(filepath=str(target), format="csv", range="1h") == {"FINISHED"}
+        written = tmp_path / "out" / "metrics.csv"
+        assert written.read_text() == reply["content"]
+        assert str(written) in state().message and "2 rows" in state().message
+        req = [r for r in agg.requests if r["topic"] == "request.export"][-1]
+        assert req["format"] == "csv" and req["since"] == "1h" and req["tier"] == "10s"
+
+        agg.export_reply = {"ok": False, "error": "no data for that range"}
+        with pytest.raises(RuntimeError, match="Export failed: no data for that range"):
+            bpy.ops.movie_director.export_metrics(filepath=str(target), format="json", range="24h")
+        assert "no data for that range" in state().message
+        assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_export_and_refresh_refuse_cleanly_when_offline(addon, tmp_path):
+    runtime = addon
+    tick_until(runtime, lambda: state().overall == "OFFLINE")
+    assert bpy.ops.movie_director.refresh() == {"CANCELLED"}
+    with pytest.raises(RuntimeError, match="Monitor offline"):  # an ERROR report raises in bpy.ops
+        bpy.ops.movie_director.export_metrics(filepath=str(tmp_path / "x.csv"))
+    assert not (tmp_path / "x.csv").exists()
+    assert bpy.ops.movie_director.copy_error(service="comfyui") == {"CANCELLED"}
+
+
+def test_local_monitor_start_stop_and_disable_stop_only_our_children(endpoints, procs, monkeypatch):
+    with FakeComfyUI() as fake:
+        monkeypatch.setenv("MD_HEALTH_COMFYUI_URL", fake.url)
+        runtime = _enable()
+        try:
+            use_endpoints(endpoints)
+            prefs().monitor_python = sys.executable
+            assert bpy.ops.movie_director.start_monitor() == {"FINISHED"}
+            ours = [p.pid for p in runtime.RT.children.values()]
+            assert len(ours) == 2
+            tick_until(runtime, lambda: item("comfyui") and item("comfyui").state == "connected", timeout=30)
+            assert state().monitor_running
+            assert bpy.ops.movie_director.start_monitor() == {"CANCELLED"}  # never a second one
+            assert bpy.ops.movie_director.stop_monitor() == {"FINISHED"}
+            tick_until(runtime, lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status()
+                                                != psutil.STATUS_ZOMBIE for pid in ours), timeout=15)
+            tick_until(runtime, lambda: state().overall == "OFFLINE", timeout=15)
+
+            # A monitor that runs outside Blender is used, never started twice, never stopped by us.
+            outside = procs.aggregator()
+            tick_until(runtime, lambda: state().online, timeout=20)
+            assert bpy.ops.movie_director.start_monitor() == {"CANCELLED"}
+            assert "already runs" in state().message
+        finally:
+            _disable()
+        assert outside.poll() is None
+        assert [c.pid for c in psutil.Process().children()] == [outside.pid]
+        # Auto-start: enabling starts our own monitor when none runs; disabling stops it.
+        from bus.lifeline import stop
+        procs.children.remove(outside)
+        stop(outside)
+        runtime = _enable()  # disabling forgot the preferences: set them again, then enable
+        try:
+            use_endpoints(endpoints)
+            prefs().monitor_python = sys.executable
+            prefs().auto_start = True
+            runtime.unregister()
+            runtime.register()  # what enabling runs; auto-start happens here
+            started = [p.pid for p in runtime.RT.children.values()]
+            assert len(started) == 2, state().message
+        finally:
+            _disable()
+        assert not [c for c in psutil.Process().children(recursive=True) if c.pid in started
+                    and c.status() != psutil.STATUS_ZOMBIE]
