@@ -36,7 +36,9 @@ def key(value: float) -> int:
     if value <= 1e-9:
         return ZERO_KEY
     k = int(_ceil(_log2(value) * _MULT) + _OFFSET)
-    return k if k > ZERO_KEY else ZERO_KEY
+    # Keys are packed as int16: clamp absurd values (> ~1e284 ms, seen from a fuzzed probe
+    # frame) into the top bin instead of crashing the store's flush with OverflowError.
+    return k if ZERO_KEY < k <= 32767 else ZERO_KEY if k <= ZERO_KEY else 32767
 
 
 def value(k: int) -> float:
