@@ -64,10 +64,13 @@ class Series:
         self.rolls += 1
         return True
 
-    def set_state(self, now: float, cls: int) -> None:
-        self.advance(now)
-        self._credit(now)
+    def set_state(self, now: float, cls: int, at: float | None = None) -> None:
+        """The state class changes at `at` (default now; earlier when a silence is noticed late)."""
+        at = now if at is None else min(now, max(at, self.credited))
+        self.advance(at)
+        self._credit(at)
         self.cls = cls
+        self.advance(now)
         self.rolls += 1  # uptime figures of every window change
 
     def window(self, i: int, now: float) -> dict[str, Any]:
@@ -198,11 +201,11 @@ class Engine:
         svc.version += 1
         return {svc.name}
 
-    def _sync_state(self, svc: ServiceState, now: float) -> None:
+    def _sync_state(self, svc: ServiceState, now: float, at: float | None = None) -> None:
         """Start a new uptime span if the effective state class changed."""
         cls = UNKNOWN if svc.dead else STATE_CLASS.get(svc.status.get("state"), UNKNOWN)
         if cls != svc.series.cls:
-            svc.series.set_state(now, cls)
+            svc.series.set_state(now, cls, at)
 
     def _on_usage(self, body: dict[str, Any], now: float) -> set[str]:
         svc = self._service("llm", now)
@@ -232,20 +235,29 @@ class Engine:
         last, interval, _ = beat
         return now - last > PROBE_DEAD_AFTER_BEATS * interval
 
+    def _dead_since(self, svc: ServiceState) -> float:
+        beat = self.probes.get(svc.src)
+        if beat is None:
+            return svc.src_since + PROBE_DEAD_AFTER_BEATS * 1.0
+        return beat[0] + PROBE_DEAD_AFTER_BEATS * beat[1]
+
     def tick(self) -> set[str]:
         """Advance time: roll buckets, mark silent probes unknown, evaluate alerts."""
         now = self._time()
         changed = set()
         for name, svc in self.services.items():
-            if svc.series.advance(now):
-                svc.version += 1
+            # Liveness first: time is credited to the old state only up to when the probe died.
             dead = bool(svc.src) and self._probe_dead(svc.src, now, svc.src_since)
             if dead != svc.dead:  # went silent, or came back
                 svc.dead = dead
-                svc.last_change = now
-                self._sync_state(svc, now)
+                # The unknown span starts when the silence became too long, even if noticed later.
+                at = self._dead_since(svc) if dead else now
+                svc.last_change = at
+                self._sync_state(svc, now, at)
                 svc.version += 1
                 changed.add(name)
+            if svc.series.advance(now):
+                svc.version += 1
         if now - self._last_alert_eval >= ALERT_EVAL_EVERY:
             self._last_alert_eval = now
             changed |= self.evaluate_alerts(now)
