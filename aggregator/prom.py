@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 
 QUANTILES = (("p50_ms", "0.5"), ("p95_ms", "0.95"), ("p99_ms", "0.99"))
 
@@ -36,9 +36,10 @@ class EngineCollector:
         required = g("service_required", "1 if the add-on needs this service", ["service"])
         st = g("state", "1 for the service's current state", ["service", "state"])
         since = g("since_change_seconds", "seconds since the service's state last changed", ["service"])
-        dur = g("probe_duration_seconds", "response time quantile over the window (DDSketch, 1 % relative error)",
-                ["service", "window", "quantile"])
-        avg = g("probe_duration_avg_seconds", "mean response time over the window", ["service", "window"])
+        # A summary per window: quantiles from the window's DDSketch (1 % relative error),
+        # _count and _sum over the successful requests.
+        dur = Metric("md_health_probe_duration_seconds",
+                     "response time of successful requests over the window", "summary")
         checks = g("window_requests", "requests (checks) seen in the window", ["service", "window"])
         ok_ratio = g("success_ratio", "share of successful requests in the window", ["service", "window"])
         uptime = g("uptime_ratio", "time connected / time with a known state, over the window", ["service", "window"])
@@ -57,11 +58,13 @@ class EngineCollector:
             if r.get("since_change_s") is not None:
                 since.add_metric([name], float(r["since_change_s"]))
             for window, w in (r.get("windows") or {}).items():
+                labels = {"service": name, "window": window}
+                ok = round((w.get("count") or 0) * (w.get("success_rate") or 0.0))
                 for key, q in QUANTILES:
                     if w.get(key) is not None:
-                        dur.add_metric([name, window, q], w[key] / 1000.0)
-                if w.get("avg_ms") is not None:
-                    avg.add_metric([name, window], w["avg_ms"] / 1000.0)
+                        dur.add_sample(dur.name, {**labels, "quantile": q}, w[key] / 1000.0)
+                dur.add_sample(dur.name + "_count", labels, float(ok))
+                dur.add_sample(dur.name + "_sum", labels, (w.get("avg_ms") or 0.0) * ok / 1000.0)
                 checks.add_metric([name, window], float(w.get("count") or 0))
                 for fam, key in ((ok_ratio, "success_rate"), (uptime, "uptime"), (unknown, "unknown_ratio")):
                     if w.get(key) is not None:
@@ -80,7 +83,7 @@ class EngineCollector:
             alerts.add_metric([a["service"], a["name"]], 1.0)
         persisted = g("history_persisted", "1 if history is written to disk, 0 if kept in memory only", [])
         persisted.add_metric([], 1.0 if (state.get("persistence") or {}).get("mode") == "sqlite" else 0.0)
-        yield from (success, alive, required, st, since, dur, avg, checks, ok_ratio, uptime, unknown, queue,
+        yield from (success, alive, required, st, since, dur, checks, ok_ratio, uptime, unknown, queue,
                     tokens, requests, cost, alerts, persisted)
 
 

@@ -1,0 +1,67 @@
+"""The CLI against a real aggregator and a real probe on the fake ComfyUI: every figure shows."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT, wait_for
+from tests.fakes.comfyui import FakeComfyUI
+
+
+def _run(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "aggregator", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_status_compare_alerts_watch_show_every_figure(endpoints, procs, client, isolated_env):
+    (isolated_env / "config.toml").write_text("[alerts.comfyui]\nqueue = 1\nraise_after_s = 0\n")
+    with FakeComfyUI() as fake:
+        fake.set_queue(running=1, pending=2)
+        procs.aggregator()
+        procs.probe("comfyui", "--url", fake.url, "--interval", "0.3")
+        wait_for(lambda: client.services.get("comfyui", {}).get("stats", {}).get("count", 0) >= 4
+                 and client.alerts, timeout=30, client=client)
+
+        out = _run("status", "--json")
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout)["services"]["comfyui"]
+        for window in ("5m", "1h", "24h"):
+            w = r["windows"][window]
+            for key in ("count", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "success_rate",
+                        "uptime", "unknown_ratio", "rpm", "errors_by_kind"):
+                assert key in w, (window, key)
+            assert w["p95_ms"] > 0 and w["success_rate"] == 1.0
+        assert r["uptime"]["5m"] == 1.0 and r["queue"]["current"] == 3 and r["queue"]["peak"] == 3
+        assert r["since_change_s"] is not None and r["probe_alive"] is True
+        assert json.loads(out.stdout)["persistence"]["mode"] == "sqlite"
+
+        cmp_ = _run("compare", "--window", "1h")
+        assert cmp_.returncode == 0, cmp_.stderr
+        assert "comfyui" in cmp_.stdout and "p95 ms" in cmp_.stdout and "uptime" in cmp_.stdout
+        assert _run("compare", "nope").returncode == 2
+
+        alerts = _run("alerts", "--json")
+        assert alerts.returncode == 0
+        assert [a["name"] for a in json.loads(alerts.stdout)] == ["queue"]
+        assert "queue depth 3 is above 1" in _run("alerts").stdout
+
+        try:
+            watch = _run("watch", "--every", "0.5", timeout=6)
+        except subprocess.TimeoutExpired as exc:
+            screen = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        else:
+            screen = watch.stdout
+        assert "TRENDS 5m" in screen and "comfyui" in screen
+        assert any(ch in screen for ch in "▁▂▃▄▅▆▇█")  # sparklines of p95 / success
+
+
+def test_help_everywhere_and_offline_messages(endpoints):
+    for cmd in ("run", "status", "watch", "up", "export", "compare", "alerts"):
+        out = _run(cmd, "--help")
+        assert out.returncode == 0 and "usage:" in out.stdout, cmd
+    for cmd in ("compare", "alerts"):
+        out = _run(cmd, "--wait", "0.3")
+        assert out.returncode == 1 and "monitor offline" in out.stderr and "Traceback" not in out.stderr
+    out = _run("export", "--wait", "0.3")
+    assert out.returncode == 1 and "no history file" in out.stderr

@@ -1,0 +1,60 @@
+"""The /metrics endpoint of a real aggregator passes `promtool check metrics`."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import urllib.request
+
+import pytest
+
+from bus.protocol import Publisher
+from bus.sockets import close, new_context, pub_socket
+from bus.usage import UsageReporter
+from tests.conftest import wait_for
+from tests.fakes.base import free_port
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_metrics_endpoint_passes_promtool(endpoints, procs, client):
+    port = free_port()
+    procs.start("-m", "aggregator", "run", "--metrics-port", str(port), name="aggregator")
+    ctx = new_context()
+    pub = Publisher(pub_socket(ctx, endpoints.events), "probe.p")
+    usage = UsageReporter(endpoints, context=ctx)
+    try:
+        def fed():
+            pub.send("heartbeat.probe.p", {"interval": 1.0, "services": ["comfyui", "llm"]})
+            pub.send("status.comfyui", {"service": "comfyui", "state": "connected", "required": True,
+                                        "details": {"queue_depth": 2}})
+            pub.send("timing.comfyui", {"service": "comfyui", "endpoint": "/", "duration_ms": 30.0, "ok": True})
+            pub.send("status.llm", {"service": "llm", "state": "connected",
+                                    "details": {"providers": {"openai": {"state": "valid"}}}})
+            usage.report("gpt-4o", 100, 20, 900.0, provider="openai")
+            return "llm" in client.services and client.services["llm"].get("usage", {}).get("total_tokens")
+        wait_for(fed, timeout=20, client=client, every=0.2)
+        text = wait_for(lambda: (t := _try_scrape(port)) and "md_health_llm_tokens_total{" in t and t, timeout=15)
+        assert 'md_health_probe_success{service="comfyui"} 1.0' in text
+        assert 'md_health_probe_duration_seconds{quantile="0.95",service="comfyui",window="5m"}' in text
+        assert 'md_health_uptime_ratio{service="comfyui",window="24h"}' in text
+        assert 'md_health_queue_depth{service="comfyui"} 2.0' in text
+        assert 'md_health_llm_tokens_total{direction="in",model="gpt-4o"}' in text
+        assert "md_health_history_persisted 1.0" in text
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                               timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        usage.close()
+        close(pub.socket)
+        ctx.term()
+
+
+def _try_scrape(port: int) -> str | None:
+    try:
+        return _scrape(port)
+    except OSError:
+        return None
