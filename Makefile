@@ -26,5 +26,9 @@ run-probes: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+## Blender add-on: extension zips per platform (4.2+, wheels bundled) and a legacy zip (3.4-4.1), validated.
+addon: $(STAMP)
+	$(PY) blender_ui/build.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
