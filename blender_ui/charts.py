@@ -61,14 +61,20 @@ def _columns(values: Sequence, w: int) -> list:
 
 
 def line_chart(series: Sequence[tuple[Sequence, tuple]], w: int = 160, h: int = 48,
-               vmax: float | None = None, limit: float | None = None) -> list[float]:
-    """Lines for each (values, colour); a dashed `limit` line; empty columns stay dark."""
+               vmax: float | None = None, limit: float | None = None,
+               rates: Sequence | None = None) -> list[float]:
+    """Lines for each (values, colour), scaled to the data; a dashed `limit` line when it is
+    in range; with `rates`, a success strip along the bottom (green ok, red failed)."""
     cv = Canvas(w, h)
     top = vmax
     if top is None:
         finite = [v for values, _ in series for v in values if _finite(v)]
-        top = max(finite + ([limit * 1.1] if _finite(limit) else [])) if finite else 1.0
+        top = max(finite) * 1.25 if finite else 1.0
     top = top if top > 0 else 1.0
+    if rates is not None:
+        for x, v in enumerate(_columns(rates, w)):
+            if v is not None:
+                cv.vline(x, 0, 1, OK if v >= 0.999 else FAIL)
     for y in (h // 4, h // 2, 3 * h // 4):
         cv.hline(y, GRID)
     scale = (h - 3) / top
@@ -128,3 +134,16 @@ def compare_chart(values: Sequence[tuple[float | None, tuple]], w: int = 160, h:
     if _finite(limit) and top > 0:
         cv.hline(int(limit / top * (h - 2)), LIMIT, dash=4)
     return cv.px
+
+
+def tiles(px: list[float], w: int, h: int) -> list[list[float]]:
+    """Cut a w x h picture into square h x h tiles, left to right. Blender shows a preview
+    icon in a square box, so a wide chart is shown as a row of square tiles."""
+    out = []
+    for k in range(w // h):
+        tile = []
+        for y in range(h):
+            start = (y * w + k * h) * 4
+            tile += px[start:start + h * 4]
+        out.append(tile)
+    return out

@@ -11,7 +11,13 @@ from bpy.types import Panel
 from . import charts, deps, runtime, view
 
 RT = runtime.RT
-HAS_PROGRESS = bpy.app.version >= (4, 0, 0)  # layout.progress() arrived in 4.0
+# Icons come and go between versions (INTERNET_OFFLINE is not in 3.4): fall back, never fail.
+ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
+FALLBACK = {"INTERNET_OFFLINE": "UNLINKED", "INTERNET": "LINKED"}
+
+
+def _i(name):
+    return name if name in ICONS else (FALLBACK.get(name) if FALLBACK.get(name) in ICONS else "DOT")
 
 
 # -- where the panels live: one mixin per editor (Blender's own UI code does the same) -----------
@@ -34,20 +40,29 @@ class PropertiesScene:
 
 
 def _indicator(layout, kind, text, icon, service="", tip="", emboss=False):
-    op = layout.operator("movie_director.indicator", text=text, icon=icon, emboss=emboss)
+    op = layout.operator("movie_director.indicator", text=text, icon=_i(icon), emboss=emboss)
     op.kind, op.service, op.text = kind, service, tip
     return op
 
 
 def _bar(layout, frac, text, level="none"):
-    """A bar whose colour follows a threshold (the icon carries the colour, words the value)."""
+    """A ten-cell bar of coloured squares (colour from the threshold level) and its value in
+    words. Built from icons, so it looks the same in Blender 3.4 and 5.0."""
     row = layout.row(align=True)
-    row.alert = level == "bad"
-    if HAS_PROGRESS:
-        row.label(text="", icon=view.LEVEL_ICON[level])
-        row.progress(factor=view.fraction(frac), type="BAR", text=text)
-    else:
-        row.label(text=f"{view.text_bar(frac)}  {text}", icon=view.LEVEL_ICON[level])
+    row.alignment = "LEFT"
+    filled = max(1 if level != "none" else 0, round(view.fraction(frac) * 10))
+    colour = view.LEVEL_ICON[level] if level != "none" else "SEQUENCE_COLOR_09"
+    for cell in range(10):
+        row.label(text="", icon=_i(colour if cell < filled else "SEQUENCE_COLOR_09"))
+    row.label(text=text)
+
+
+def _picture(layout, icons, scale):
+    """A chart: its square tiles side by side."""
+    row = layout.row(align=True)
+    row.alignment = "LEFT"
+    for icon in icons:
+        row.template_icon(icon_value=icon, scale=scale)
 
 
 # -- Connection Status -----------------------------------------------------------------------------
@@ -56,7 +71,7 @@ class ConnectionStatus:
 
     def draw_header(self, context):
         state = getattr(context.window_manager, runtime.STATE)
-        self.layout.label(text="", icon=view.OVERALL.get(state.overall, view.OVERALL["OFFLINE"])[0])
+        self.layout.label(text="", icon=_i(view.OVERALL.get(state.overall, view.OVERALL["OFFLINE"])[0]))
 
     def draw(self, context):
         layout = self.layout
@@ -64,7 +79,7 @@ class ConnectionStatus:
         if deps.MISSING:
             col = layout.column()
             col.alert = True
-            col.label(text="Missing Python packages", icon="ERROR")
+            col.label(text="Missing Python packages", icon=_i("ERROR"))
             col.label(text=deps.MISSING)
             return
         client = RT.client
@@ -76,7 +91,7 @@ class ConnectionStatus:
         _indicator(row, "overall", words, icon, emboss=True)
         sub = row.row(align=True)
         sub.enabled = state.online
-        sub.operator("movie_director.refresh", text="", icon="FILE_REFRESH").service = ""
+        sub.operator("movie_director.refresh", text="", icon=_i("FILE_REFRESH")).service = ""
         if state.overall_reason and state.overall not in ("GREEN", "OFFLINE"):
             layout.label(text=state.overall_reason)
 
@@ -84,13 +99,13 @@ class ConnectionStatus:
             box = layout.box()
             col = box.column()
             col.alert = True
-            col.label(text="Monitor offline", icon="INTERNET_OFFLINE")
+            col.label(text="Monitor offline", icon=_i("INTERNET_OFFLINE"))
             ep = RT.endpoints.snapshots if RT.endpoints else "?"
             box.label(text=f"No heartbeat at {ep}. Reconnects by itself.")
             if not state.monitor_running:
-                box.operator("movie_director.start_monitor", icon="PLAY")
+                box.operator("movie_director.start_monitor", icon=_i("PLAY"))
             else:
-                box.label(text="Local monitor starting ...", icon="TIME")
+                box.label(text="Local monitor starting ...", icon=_i("TIME"))
 
         now = time.time()
         traced = {}
@@ -101,30 +116,33 @@ class ConnectionStatus:
 
         footer = layout.row(align=True)
         if state.monitor_running:
-            footer.operator("movie_director.stop_monitor", icon="PAUSE")
+            footer.operator("movie_director.stop_monitor", icon=_i("PAUSE"))
         elif state.online:
-            footer.label(text="Monitor running outside Blender", icon="LINKED")
+            footer.label(text="Monitor running outside Blender", icon=_i("LINKED"))
         if state.message:
-            layout.label(text=state.message, icon="INFO")
+            layout.label(text=state.message, icon=_i("INFO"))
         runtime.trace("connection_status", {"overall": state.overall, "online": state.online, "services": traced,
                                             "space": self.bl_space_type})
 
     def draw_service(self, layout, item, record, now):
         box = layout.box()
-        row = box.row(align=True)
+        split = box.split(factor=0.4)
+        row = split.row(align=True)
         row.prop(item, "show_details", text="", emboss=False,
-                 icon="TRIA_DOWN" if item.show_details else "TRIA_RIGHT")
+                 icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
         row.label(text=item.label)
         icon, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
-        state_row = row.row(align=True)
+        right = split.row(align=True)
+        state_row = right.row(align=True)
         state_row.alert = item.state in ("disconnected", "error") or (item.required and item.state != "connected")
-        _indicator(state_row, "state", words, icon, item.name)
-        _indicator(row, "badge", "Required" if item.required else "Optional",
-                   "LOCKED" if item.required else "UNLOCKED", item.name)
+        _indicator(state_row, "state", words, icon, item.name, emboss=True)
+        _indicator(right, "badge", "Required" if item.required else "Optional",
+                   "LOCKED" if item.required else "UNLOCKED", item.name, emboss=True)
         line = box.row()
+        line.alignment = "LEFT"
         _indicator(line, "last_check", f"last check {view.ago((record or {}).get('last_check'), now)}", "TIME", item.name)
         if item.state == "connected":
-            box.label(text=f"{item.version or view.DASH} · {view.capabilities_text(record)}", icon="INFO")
+            box.label(text=f"{item.version or view.DASH} · {view.capabilities_text(record)}", icon=_i("INFO"))
         if item.show_details:
             col = box.column(align=True)
             col.label(text=f"URL: {(record or {}).get('url') or view.DASH}")
@@ -136,8 +154,8 @@ class ConnectionStatus:
             if item.error:
                 err = col.row(align=True)
                 err.alert = True
-                err.label(text=item.error, icon="ERROR")
-                err.operator("movie_director.copy_error", text="", icon="COPYDOWN").service = item.name
+                err.label(text=item.error, icon=_i("ERROR"))
+                err.operator("movie_director.copy_error", text="", icon=_i("COPYDOWN")).service = item.name
 
     def draw_llm(self, layout, state, record):
         p = runtime.prefs()
@@ -145,7 +163,7 @@ class ConnectionStatus:
         box = layout.box()
         row = box.row(align=True)
         row.prop(state, "show_llm_details", text="", emboss=False,
-                 icon="TRIA_DOWN" if state.show_llm_details else "TRIA_RIGHT")
+                 icon=_i("TRIA_DOWN" if state.show_llm_details else "TRIA_RIGHT"))
         row.label(text="Language Models")
         if not state.online or record is None:
             icon, words, _ = view.STATES[view.state_of(record, state.online)]
@@ -158,7 +176,7 @@ class ConnectionStatus:
             _indicator(sub, "llm", "Not Configured", "CANCEL", tip="No provider has an API key")
         if record is not None and not llm["configured"]:
             col = box.column(align=True)
-            col.label(text="Set one of these environment variables:", icon="INFO")
+            col.label(text="Set one of these environment variables:", icon=_i("INFO"))
             for name in view.LLM_ENV_HINT:
                 col.label(text=f"    {name}")
         if llm["configured"] or state.show_llm_details:
@@ -172,7 +190,7 @@ class ConnectionStatus:
                     r.label(text=f"{name}: {pstate.replace('_', ' ')}" + (f" ({error})" if error else ""))
         if llm["models"]:
             row = box.row()
-            row.prop(state, "show_models", emboss=False, icon="TRIA_DOWN" if state.show_models else "TRIA_RIGHT",
+            row.prop(state, "show_models", emboss=False, icon=_i("TRIA_DOWN" if state.show_models else "TRIA_RIGHT"),
                      text=f"Models ({len(llm['models'])})")
             if state.show_models:
                 col = box.column(align=True)
@@ -181,16 +199,16 @@ class ConnectionStatus:
 
 
 # -- Health Monitoring -------------------------------------------------------------------------------
-def _trend_icon(name, rng, series, big=False):
-    """(response-time icon, success-rate icon) for one service, re-rendered only on change."""
-    w, h1, h2 = (320, 96, 32) if big else (160, 44, 14)
-    hist = series
-    t = hist.get("t") or []
-    sig = (rng, len(t), t[-1] if t else None, big)
-    p95, p50, ok = hist.get("p95_ms") or [], hist.get("p50_ms") or [], hist.get("success_rate") or []
-    trend = runtime.chart_icon(f"{name}.trend.{big}", sig, (w, h1), lambda: charts.line_chart(
-        [(p95, charts.P95), (p50, charts.P50)], w, h1, limit=view.FAST_MS))
-    rate = runtime.chart_icon(f"{name}.rate.{big}", sig, (w, h2), lambda: charts.rate_chart(ok, w, h2))
+def _trend_icons(name, rng, series, big=False):
+    """(response-time tiles, success-rate tiles) for one service, re-rendered only on change."""
+    h = 64 if big else 40
+    w = h * (6 if big else 4)
+    t = series.get("t") or []
+    sig = (rng, len(t), t[-1] if t else None)
+    p95, p50, ok = series.get("p95_ms") or [], series.get("p50_ms") or [], series.get("success_rate") or []
+    trend = runtime.chart_icons(f"{name}.trend.{h}", sig, (w, h), lambda: charts.line_chart(
+        [(p95, charts.P95), (p50, charts.P50)], w, h, limit=view.FAST_MS, rates=ok))
+    rate = runtime.chart_icons(f"{name}.rate.{h}", sig, (w, h), lambda: charts.rate_chart(ok, w, h))
     return trend, rate
 
 
@@ -214,22 +232,25 @@ class HealthDashboard:
         layout.row().prop(state, "metrics_range", expand=True)
         client = RT.client
         if client is None or not state.online:
-            layout.label(text="Monitor offline: no figures", icon="INTERNET_OFFLINE")
+            layout.label(text="Monitor offline: no figures", icon=_i("INTERNET_OFFLINE"))
             return
         for alert in client.alerts:
             col = layout.column()
             col.alert = True
-            col.label(text=str(alert.get("message") or alert.get("name")), icon="ERROR")
+            col.label(text=str(alert.get("message") or alert.get("name")), icon=_i("ERROR"))
 
         shown = {}
+        idle = [item.label for item in state.services if item.state != "connected"]
+        if idle:
+            layout.label(text=f"No live figures (not connected): {', '.join(idle)}", icon=_i("INFO"))
         for item in state.services:
             record = client.services.get(item.name)
-            if record is None:
+            if record is None or item.state != "connected":
                 continue
             stats = view.stats_for(record, rng)
             box = layout.box()
             icon, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
-            box.label(text=f"{item.label} · {words}", icon=icon)
+            box.label(text=f"{item.label} · {words}", icon=_i(icon))
             p95 = stats.get("p95_ms")
             lvl = view.level(p95)
             _bar(box, (p95 or 0) / view.SLOW_MS, f"avg {view.ms(stats.get('avg_ms'))} · p95 {view.ms(p95)}", lvl)
@@ -240,18 +261,16 @@ class HealthDashboard:
             col.label(text=f"Uptime ({rng}): {view.pct(view.uptime_for(record, rng), 2)}")
             col.label(text=f"Queue: {view.queue_text(record)}")
             col.label(text=f"Resources: {view.resources_text(record)}")
-            trend, rate_icon = _trend_icon(item.name, rng, service_series(item.name, rng))
+            trend, rate_tiles = _trend_icons(item.name, rng, service_series(item.name, rng))
             if trend:
-                pics = box.column(align=True)
-                pics.template_icon(icon_value=trend, scale=8.0)
-                pics.template_icon(icon_value=rate_icon, scale=8.0)
-                pics.label(text="Orange: p95, blue: p50, dashed: 500 ms. Bars: success rate")
+                box.label(text="Trend: orange p95, blue p50, dashed 500 ms; bottom strip green ok, red failed")
+                _picture(box, trend, 2.4)
             shown[item.name] = {"p95": view.ms(p95), "success": view.pct(rate)}
 
         self.draw_llm_usage(layout, client.services.get(view.LLM))
         self.draw_compare(layout, state, client, rng)
         row = layout.row()
-        op = row.operator("movie_director.export_metrics", icon="EXPORT")
+        op = row.operator("movie_director.export_metrics", icon=_i("EXPORT"))
         op.range = rng if rng != "5m" else "1h"
         runtime.trace("health_dashboard", {"range": rng, "services": shown, "alerts": len(client.alerts)})
 
@@ -262,7 +281,7 @@ class HealthDashboard:
         p = runtime.prefs()
         llm = view.llm_view(record, p.active_model if p else "")
         box = layout.box()
-        box.label(text="Language Models", icon="TEXT")
+        box.label(text="Language Models", icon=_i("TEXT"))
         col = box.column(align=True)
         col.label(text=f"Active model: {llm['active_model']}")
         col.label(text=f"Tokens used: {view.count(usage['total_tokens'])} · cost {view.money(usage['cost_usd'])}")
@@ -272,7 +291,7 @@ class HealthDashboard:
     def draw_compare(self, layout, state, client, rng):
         box = layout.box()
         row = box.row()
-        row.label(text="Compare", icon="SORTSIZE")
+        row.label(text="Compare", icon=_i("SORTSIZE"))
         row.prop(state, "compare_metric", expand=True)
         grid = box.grid_flow(row_major=True, columns=4, even_columns=True, align=True)
         for head in ("Service", "p95", "Success", "Uptime"):
@@ -294,9 +313,9 @@ class HealthDashboard:
         if bars:
             sig = (state.compare_metric, tuple(v for v, _ in bars))
             limit = view.FAST_MS if state.compare_metric == "p95" else None
-            icon = runtime.chart_icon(f"compare.{len(bars)}", sig, (160, 40),
-                                      lambda: charts.compare_chart(bars, 160, 40, limit))
-            box.template_icon(icon_value=icon, scale=6.0)
+            icons = runtime.chart_icons(f"compare.{len(bars)}", sig, (160, 40),
+                                        lambda: charts.compare_chart(bars, 160, 40, limit))
+            _picture(box, icons, 2.4)
 
 
 class MetricsHistory:
@@ -307,7 +326,7 @@ class MetricsHistory:
         layout = self.layout
         state = getattr(context.window_manager, runtime.STATE)
         if RT.client is None or not state.online:
-            layout.label(text="Monitor offline", icon="INTERNET_OFFLINE")
+            layout.label(text="Monitor offline", icon=_i("INTERNET_OFFLINE"))
             return
         rng = state.metrics_range
         layout.row().prop(state, "metrics_range", expand=True)
@@ -316,10 +335,11 @@ class MetricsHistory:
                 continue
             series = service_series(item.name, rng)
             layout.label(text=f"{item.label}: {len(series.get('t') or [])} points over {rng}")
-            trend, rate = _trend_icon(item.name, rng, series, big=True)
-            col = layout.column(align=True)
-            col.template_icon(icon_value=trend, scale=16.0)
-            col.template_icon(icon_value=rate, scale=16.0)
+            trend, rate = _trend_icons(item.name, rng, series, big=True)
+            layout.label(text="Response time (orange p95, blue p50)")
+            _picture(layout, trend, 4.0)
+            layout.label(text="Success rate (green share ok, red share failed)")
+            _picture(layout, rate, 2.0)
 
 
 # -- the classes: the same three panels in each of the three editors -------------------------------

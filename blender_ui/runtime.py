@@ -396,20 +396,24 @@ def write_export(reply: dict[str, Any], filepath: str, fmt: str) -> str:
 
 
 # -- pictures ------------------------------------------------------------------------------------
-def chart_icon(key: str, signature, size: tuple[int, int], render) -> int:
-    """An icon id for a chart, re-rendered only when `signature` changed."""
+def chart_icons(key: str, signature, size: tuple[int, int], render) -> list[int]:
+    """Icon ids (square tiles, left to right) for a chart, re-rendered only when
+    `signature` changed."""
+    from . import charts
+
     pcoll = RT.previews
     if pcoll is None:
-        return 0
-    preview = pcoll.get(key) or pcoll.new(key)
+        return []
+    w, h = size
+    names = [f"{key}.{k}" for k in range(w // h)]
     if RT.chart_keys.get(key) != signature:
-        pixels = render()
-        preview.image_size = size
-        preview.image_pixels_float = pixels
-        preview.icon_size = size
-        preview.icon_pixels_float = pixels
+        for name, tile in zip(names, charts.tiles(render(), w, h)):
+            preview = pcoll.get(name) or pcoll.new(name)
+            preview.image_size = preview.icon_size = (h, h)
+            preview.image_pixels_float = tile
+            preview.icon_pixels_float = tile
         RT.chart_keys[key] = signature
-    return preview.icon_id
+    return [pcoll[name].icon_id for name in names if name in pcoll]
 
 
 def trace(panel: str, values: dict[str, Any]) -> None:
