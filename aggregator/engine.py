@@ -15,7 +15,7 @@ from bus.protocol import STATE_UNKNOWN, Message
 from . import alerts as alerting
 from . import sketch
 from .settings import Settings, label
-from .tiers import DOWN, UNKNOWN, UP, Agg, Tier, figures
+from .tiers import DOWN, UNKNOWN, UP, Agg, Tier
 
 PROBE_DEAD_AFTER_BEATS = 3  # missed heartbeats before a probe counts as dead
 JOB_TIMES_KEPT = 500        # recent job processing times kept for their percentiles
@@ -28,7 +28,8 @@ class Series:
     """The tiers of one service, and where its state-time accounting stands."""
 
     def __init__(self, tier_specs: list[tuple[float, float]], now: float) -> None:
-        self.tiers = [Tier(step, keep, label(keep), label(step)) for step, keep in tier_specs]
+        self.tiers = [Tier(step, keep, label(keep), label(step), live=(i == 0))
+                      for i, (step, keep) in enumerate(tier_specs)]
         self.live = self.tiers[0]
         self.cls = UNKNOWN
         self.credited = now   # state time is accounted for up to here
@@ -56,7 +57,7 @@ class Series:
         self.live.roll_to(end)
         if has_events:
             for t in self.tiers[1:]:
-                t.acc.merge_events(closed)  # their open bucket covers `closed` (credited only up to `end`)
+                t.absorb(closed)  # their open bucket covers `closed` (credited only up to `end`)
         self._credit(now)
         for t in self.tiers:
             t.roll_to(now)
@@ -78,11 +79,9 @@ class Series:
         still-open 1 s bucket (it joins them when it closes, within a second), so they
         change once a second at most and the record can cache them in between."""
         tier = self.tiers[i]
-        tier._scan()
-        parts = [tier.total, tier.acc]
         oldest = tier.oldest_start()
         start = max(self.first_seen, oldest if oldest is not None else now)
-        return figures(parts, (self.cls, max(0.0, now - self.credited)), now - start)
+        return tier.figures((self.cls, max(0.0, now - self.credited)), now - start)
 
 
 class ServiceState:
@@ -103,7 +102,7 @@ class ServiceState:
         self.version = 0
         self.cache: tuple[int, dict[str, Any]] | None = None
         self.window_cache: dict[int, tuple[int, dict[str, Any]]] = {}  # tier -> (series.rolls, figures)
-        self.history_cache: dict[int, tuple[tuple[int, int], dict[str, list]]] = {}
+        self.history_cache: dict[int, tuple[int, dict[str, list]]] = {}  # tier -> (head, closed columns)
 
 
 class Engine:
@@ -409,9 +408,16 @@ class Engine:
         for name, svc in self.services.items():
             tier = svc.series.tiers[i]
             hit = svc.history_cache.get(i)
-            if hit is None or hit[0] != (tier.head, tier.filled):
-                closed = _columns(b for b in tier.buckets() if not b[2])  # only when a bucket closed
-                svc.history_cache[i] = hit = ((tier.head, tier.filled), closed)
+            oldest = tier.head - tier.filled + 1
+            if hit is None or not (oldest - 1 <= hit[0] <= tier.head):
+                closed = _columns(b for b in tier.buckets() if not b[2])
+            else:  # only the buckets closed since the last call are computed; expired ones drop off
+                closed = hit[1]
+                new = _columns((k * tier.step, tier.bucket_at(k % tier.n), False)
+                               for k in range(hit[0] + 1, tier.head + 1))
+                drop = len(closed["t"]) + len(new["t"]) - tier.filled
+                closed = {key: (closed[key][drop:] if drop > 0 else closed[key]) + new[key] for key in closed}
+            svc.history_cache[i] = hit = (tier.head, closed)
             cols = {k: list(v) for k, v in hit[1].items()}
             if tier.acc_k is not None:
                 for k, v in _columns([(tier.acc_k * tier.step, tier.acc, True)]).items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from itertools import accumulate
 from typing import Iterable
 
@@ -41,8 +41,17 @@ def key(value: float) -> int:
     return k if ZERO_KEY < k <= 32767 else ZERO_KEY if k <= ZERO_KEY else 32767
 
 
+_VALUES: dict[int, float] = {}
+
+
 def value(k: int) -> float:
-    return 0.0 if k == ZERO_KEY else MAPPING.value(k)
+    """The representative value of bin k (memoised: keys are a few hundred small ints)."""
+    v = _VALUES.get(k)
+    if v is None:
+        v = 0.0 if k == ZERO_KEY else MAPPING.value(k)
+        if len(_VALUES) < 100_000:
+            _VALUES[k] = v
+    return v
 
 
 def pack(bins: dict[int, int]) -> bytes | None:
@@ -107,6 +116,127 @@ def quantiles(bins: dict[int, int], qs: tuple[float, ...]) -> list[float | None]
     total = cum[-1]
     last = len(keys) - 1
     return [value(keys[min(bisect_right(cum, q * (total - 1)), last)]) for q in qs]
+
+
+def quantiles_sorted(keys: list[int], cum: list[int], qs: tuple[float, ...],
+                     extra: dict[int, int] | None = None) -> list[float | None]:
+    """Quantiles of (sorted keys with running counts) plus a few `extra` bins, without
+    merging them: the window's bins stay as they are and only the extra keys are walked.
+    Same rank rule as DDSketch.get_quantile_value."""
+    if not extra:
+        if not cum:
+            return [None] * len(qs)
+        last = len(keys) - 1
+        total = cum[-1]
+        return [value(keys[min(bisect_right(cum, q * (total - 1)), last)]) for q in qs]
+    ek = sorted(extra)
+    ec = list(accumulate([extra[k] for k in ek]))
+    total = (cum[-1] if cum else 0) + ec[-1]
+    top = max(ek[-1], keys[-1]) if keys else ek[-1]
+    out: list[float | None] = []
+    for q in qs:
+        rank = q * (total - 1)
+        found, before, start = top, 0, 0  # before: extra counts below the current segment
+        for j in range(len(ek) + 1):
+            end = bisect_left(keys, ek[j]) if j < len(ek) else len(keys)
+            i = bisect_right(cum, rank - before, start, end)  # first window key with enough below it
+            if i < end:
+                found = keys[i]
+                break
+            if j == len(ek):
+                break
+            le = bisect_right(keys, ek[j])  # window keys <= this extra key
+            before = ec[j]
+            if (cum[le - 1] if le else 0) + before > rank:
+                found = ek[j]
+                break
+            start = le
+        out.append(value(found))
+    return out
+
+
+class Counts:
+    """A window's bins as a Fenwick tree over DDSketch keys: adding a bucket's bins and
+    finding the key at a rank are both O(log n), so a window's p50/p95/p99 cost a few
+    microseconds however many buckets it holds. The key range grows on demand; the zero
+    bin is counted apart."""
+    __slots__ = ("lo", "size", "tree", "zeros", "total")
+
+    def __init__(self) -> None:
+        self.lo = 0
+        self.size = 0
+        self.tree = array("q")
+        self.zeros = 0
+        self.total = 0
+
+    def add(self, k: int, c: int) -> None:
+        self.total += c
+        if k == ZERO_KEY:
+            self.zeros += c
+            return
+        i = k - self.lo
+        if not 0 <= i < self.size:
+            self._grow(k)
+            i = k - self.lo
+        tree, n = self.tree, self.size
+        i += 1
+        while i <= n:
+            tree[i - 1] += c
+            i += i & -i
+
+    def _grow(self, k: int) -> None:
+        counts = self.points()
+        lo = min([k] + [key for key, _ in counts])
+        hi = max([k] + [key for key, _ in counts])
+        size = 64
+        while size < hi - lo + 1:
+            size *= 2
+        self.lo = lo - (size - (hi - lo + 1)) // 2  # room on both sides
+        self.size = size
+        self.tree = array("q", bytes(8 * size))
+        total, zeros = self.total, self.zeros
+        for key, c in counts:
+            self.add(key, c)
+        self.total, self.zeros = total, zeros
+
+    def points(self) -> list[tuple[int, int]]:
+        """(key, count) for every non-empty bin but the zero bin."""
+        out, prev = [], 0
+        for i in range(self.size):
+            now = self.prefix(i)
+            if now != prev:
+                out.append((self.lo + i, now - prev))
+            prev = now
+        return out
+
+    def prefix(self, i: int) -> int:
+        """Count of keys lo .. lo + i."""
+        s, i, tree = 0, i + 1, self.tree
+        while i > 0:
+            s += tree[i - 1]
+            i -= i & -i
+        return s
+
+    def key_at(self, rank: float) -> int:
+        """Smallest key whose running count exceeds rank (DDSketch's rule): a Fenwick descent."""
+        if rank < self.zeros:
+            return ZERO_KEY
+        rank -= self.zeros
+        tree = self.tree
+        pos = 0
+        step = self.size >> 1  # size is a power of two and tree[size - 1] is the total: skip it
+        while step:
+            v = tree[pos + step - 1]
+            if v <= rank:
+                pos += step
+                rank -= v
+            step >>= 1
+        return self.lo + pos
+
+    def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
+        if self.total <= 0:
+            return [None] * len(qs)
+        return [value(self.key_at(q * (self.total - 1))) for q in qs]
 
 
 def to_ddsketch(bins: dict[int, int]):

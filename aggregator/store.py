@@ -172,7 +172,7 @@ class Store:
                 for row in per_tier.get(tier.name, []):
                     tier.roll_to(row[0] * tier.step)
                     if tier.acc_k == row[0]:
-                        tier.acc = _agg(row)
+                        tier.load_acc(_agg(row))
                         loaded += 1
             series.first_seen = first_seen
             series.credited = max(float(data.get("credited") or first_seen), first_seen)

@@ -17,6 +17,8 @@ keeps 5 services x 2,100 buckets well under 2 MB.
 from __future__ import annotations
 
 from array import array
+from collections import deque
+from itertools import accumulate
 from typing import Any
 
 from . import sketch
@@ -71,11 +73,18 @@ def decode_errors(text: str | None) -> dict[str, int]:
 
 
 class Tier:
-    def __init__(self, step: float, keep: float, label: str, name: str) -> None:
+    """One resolution: a ring of closed buckets, the open bucket, and `win`, the running
+    aggregate of the whole window (ring + open bucket), kept up to date incrementally.
+
+    Tier 0 is `live`: ingest writes its open bucket directly (the lean per-event path),
+    so its `win` holds the ring only and a read adds the open bucket (a few bins)."""
+
+    def __init__(self, step: float, keep: float, label: str, name: str, live: bool = False) -> None:
         self.step = step
         self.n = max(1, int(round(keep / step)))
         self.label = label  # the window it serves: "5m", "1h", "24h", "7d"
         self.name = name    # the resolution, used by export: "1s", "10s", "1m"
+        self.live = live
         n = self.n
         self.c_ok = array("I", bytes(4 * n))
         self.c_fail = array("I", bytes(4 * n))
@@ -90,14 +99,22 @@ class Tier:
         self.filled = 0     # closed buckets held (contiguous, ending at head)
         self.acc = Agg()
         self.acc_k: int | None = None
-        self.total = Agg()  # running sums over the closed buckets (mn/mx/qpeak: see _scan)
-        self._scanned = True
+        self.win = Agg()    # the window's running aggregate (its bins live in `counts`)
+        self.counts = sketch.Counts()
+        # Sliding-window min / max / queue peak over the closed buckets: monotonic deques of
+        # (bucket index, value), O(1) amortised per bucket instead of a rescan of the ring.
+        self.dq_mn: deque[tuple[int, float]] = deque()
+        self.dq_mx: deque[tuple[int, float]] = deque()
+        self.dq_q: deque[tuple[int, float]] = deque()
 
     # -- writing --------------------------------------------------------------------
     def clear(self) -> None:
         """Drop every closed bucket (a gap longer than the retention); the open one stays."""
-        fresh = Tier(self.step, self.n * self.step, self.label, self.name)
+        fresh = Tier(self.step, self.n * self.step, self.label, self.name, self.live)
         self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k not in ("acc", "acc_k")})
+        if not self.live:
+            self._add_events(self.acc, 1)
+            self.win.time = list(self.acc.time)
 
     def roll_to(self, t: float) -> None:
         """Make the open bucket the one containing time t, closing (pushing) older ones."""
@@ -109,13 +126,13 @@ class Tier:
             return
         self._push(self.acc_k, self.acc)
         gap = k - self.acc_k - 1
+        self.acc = Agg()
+        self.acc_k = k
         if gap >= self.n:
             self.clear()
         else:
-            for j in range(self.acc_k + 1, k):
-                self._push(j, Agg())
-        self.acc = Agg()
-        self.acc_k = k
+            for j in range(k - gap, k):
+                self._push(j, Agg(), shift=True)
 
     def credit(self, t0: float, t1: float, cls: int) -> None:
         """Add the time [t0, t1) spent in state class `cls`, split at bucket edges."""
@@ -131,13 +148,47 @@ class Tier:
             end = (self.acc_k + 1) * step
             upto = end if end < t1 else t1
             self.acc.time[cls] += upto - t0
+            if not self.live:
+                self.win.time[cls] += upto - t0
             t0 = upto
 
-    def _push(self, k: int, agg: Agg) -> None:
+    def absorb(self, closed: Agg) -> None:
+        """A closed tier-0 bucket joins this (coarser) tier's open bucket, and its window."""
+        self.acc.merge_events(closed)
+        self._add_events(closed, 1)
+
+    def load_acc(self, agg: Agg) -> None:
+        """Restore the open bucket (from disk)."""
+        if not self.live:
+            self._add_events(self.acc, -1)
+            for c in (UP, DOWN, UNKNOWN):
+                self.win.time[c] += agg.time[c] - self.acc.time[c]
+            self._add_events(agg, 1)
+        self.acc = agg
+
+    def _add_events(self, agg: Agg, sign: int) -> None:
+        win = self.win
+        if agg.bins:
+            self._add_bins(agg.bins.items(), sign)
+        win.ok += sign * agg.ok
+        win.fail += sign * agg.fail
+        win.sum += sign * agg.sum
+        for kind, n in agg.errors.items():
+            left = win.errors.get(kind, 0) + sign * n
+            if left > 0:
+                win.errors[kind] = left
+            else:
+                win.errors.pop(kind, None)
+
+    def _add_bins(self, pairs, sign: int) -> None:
+        add = self.counts.add
+        for k, c in pairs:
+            add(k, sign * c)
+
+    def _push(self, k: int, agg: Agg, shift: bool = False) -> None:
         slot = k % self.n
-        total = self.total
         if self.filled == self.n:
-            self._expire(slot)
+            self._expire(slot, k - self.n)
         else:
             self.filled += 1
         self.c_ok[slot] = agg.ok
@@ -146,52 +197,100 @@ class Tier:
         self.c_mn[slot] = agg.mn
         self.c_mx[slot] = agg.mx
         self.c_q[slot] = agg.qpeak
-        packed = sketch.pack(agg.bins)
-        self.c_sk[slot] = packed
-        for cls in (UP, DOWN, UNKNOWN):
-            self.c_time[cls][slot] = agg.time[cls]
-            total.time[cls] += self.c_time[cls][slot]  # the stored (float32) value, so expiry cancels it
+        self.c_sk[slot] = sketch.pack(agg.bins)
         if agg.errors:
             self.c_err[slot] = encode_errors(agg.errors)
-            for kind, n in agg.errors.items():
-                total.errors[kind] = total.errors.get(kind, 0) + n
-        if packed:
-            sketch.add_packed(total.bins, packed)
-        total.ok += agg.ok
-        total.fail += agg.fail
-        total.sum += agg.sum
-        self.head = k
-        self._scanned = False
-
-    def _expire(self, slot: int) -> None:
-        total = self.total
-        total.ok -= self.c_ok[slot]
-        total.fail -= self.c_fail[slot]
-        total.sum -= self.c_sum[slot]
+        win = self.win
         for cls in (UP, DOWN, UNKNOWN):
-            total.time[cls] = max(0.0, total.time[cls] - self.c_time[cls][slot])
+            self.c_time[cls][slot] = agg.time[cls]
+            stored = self.c_time[cls][slot]  # float32: the window holds what expiry will take out
+            win.time[cls] += stored if (self.live or shift) else stored - agg.time[cls]
+        if self.live:
+            self._add_events(agg, 1)
+        if agg.ok:
+            _slide(self.dq_mn, k, self.c_mn[slot], lower=True)
+            _slide(self.dq_mx, k, self.c_mx[slot], lower=False)
+        if agg.qpeak >= 0:
+            _slide(self.dq_q, k, self.c_q[slot], lower=False)
+        self.head = k
+
+    def _expire(self, slot: int, k: int) -> None:
+        win = self.win
+        win.ok -= self.c_ok[slot]
+        win.fail -= self.c_fail[slot]
+        win.sum -= self.c_sum[slot]
+        for cls in (UP, DOWN, UNKNOWN):
+            win.time[cls] = max(0.0, win.time[cls] - self.c_time[cls][slot])
         if self.c_sk[slot]:
-            sketch.add_packed(total.bins, self.c_sk[slot], -1)
+            self._add_bins(sketch.unpack(self.c_sk[slot]), -1)
         errs = self.c_err.pop(slot, None)
         if errs:
             for kind, n in decode_errors(errs).items():
-                left = total.errors.get(kind, 0) - n
+                left = win.errors.get(kind, 0) - n
                 if left > 0:
-                    total.errors[kind] = left
+                    win.errors[kind] = left
                 else:
-                    total.errors.pop(kind, None)
-
-    def _scan(self) -> None:
-        """min / max / queue peak over the ring: rescanned (in C, via min()/max()) when stale."""
-        if not self._scanned:
-            self.total.mn = min(self.c_mn)
-            self.total.mx = max(self.c_mx)
-            self.total.qpeak = max(self.c_q)
-            self._scanned = True
+                    win.errors.pop(kind, None)
+        for dq in (self.dq_mn, self.dq_mx, self.dq_q):
+            if dq and dq[0][0] <= k:
+                dq.popleft()
 
     # -- reading --------------------------------------------------------------------
+    def quantiles(self, qs: tuple[float, ...], extra: dict[int, int] | None = None) -> list[float | None]:
+        """Window quantiles; `extra` bins (the live 1 s bucket) count in without being kept."""
+        if not extra:
+            return self.counts.quantiles(qs)
+        self._add_bins(extra.items(), 1)
+        try:
+            return self.counts.quantiles(qs)
+        finally:
+            self._add_bins(extra.items(), -1)
+
+    def figures(self, time_extra: tuple[int, float], covered_s: float) -> dict[str, Any]:
+        """The window's figures (plus the open bucket for the live tier, plus the state
+        time not yet credited)."""
+        win = self.win
+        ok, fail, total_sum = win.ok, win.fail, win.sum
+        a = self.acc
+        mn = min(self.dq_mn[0][1] if self.dq_mn else INF, a.mn)
+        mx = max(self.dq_mx[0][1] if self.dq_mx else -INF, a.mx)
+        qpeak = max(self.dq_q[0][1] if self.dq_q else -1.0, a.qpeak)
+        errors = win.errors
+        time = list(win.time)
+        extra = None
+        if self.live:
+            ok += a.ok
+            fail += a.fail
+            total_sum += a.sum
+            if a.errors:
+                errors = dict(errors)
+                for kind, n in a.errors.items():
+                    errors[kind] = errors.get(kind, 0) + n
+            for c in (UP, DOWN, UNKNOWN):
+                time[c] += a.time[c]
+            extra = a.bins
+        time[time_extra[0]] += time_extra[1]
+        p50, p95, p99 = self.quantiles((0.5, 0.95, 0.99), extra)
+        count = ok + fail
+        known = time[UP] + time[DOWN]
+        observed = known + time[UNKNOWN]
+        return {
+            "count": count,
+            "avg_ms": total_sum / ok if ok else None,
+            "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+            "min_ms": round(mn, 3) if ok else None,  # ring columns hold float32: show whole microseconds
+            "max_ms": round(mx, 3) if ok else None,
+            "success_rate": ok / count if count else None,
+            "uptime": time[UP] / known if known > 0 else None,
+            "unknown_ratio": time[UNKNOWN] / observed if observed > 0 else None,
+            "rpm": count / (covered_s / 60.0) if covered_s > 0 else None,
+            "errors_by_kind": dict(errors),
+            "queue_peak": qpeak if qpeak >= 0 else None,
+            "up_s": time[UP], "down_s": time[DOWN], "unknown_s": time[UNKNOWN],
+        }
+
     def buckets(self, since: float = -INF):
-        """Closed buckets, oldest first, then the open one: (start, Agg-like dict, open?)."""
+        """Closed buckets, oldest first, then the open one: (start, Agg, open?)."""
         for k in range(self.head - self.filled + 1, self.head + 1):
             if (k + 1) * self.step <= since:
                 continue
@@ -201,6 +300,7 @@ class Tier:
             yield self.acc_k * self.step, self.acc, True
 
     def bucket_at(self, slot: int) -> Agg:
+        """A closed bucket, unpacked (for history, export and the store)."""
         a = Agg()
         a.ok, a.fail, a.sum = self.c_ok[slot], self.c_fail[slot], self.c_sum[slot]
         a.mn, a.mx, a.qpeak = self.c_mn[slot], self.c_mx[slot], self.c_q[slot]
@@ -215,48 +315,12 @@ class Tier:
         return None if self.acc_k is None else self.acc_k * self.step
 
 
-def figures(agg_list: list[Agg], time_extra: tuple[int, float] | None, covered_s: float) -> dict[str, Any]:
-    """The window figures from a few aggregates (ring totals, open buckets)."""
-    bins: dict[int, int] = {}
-    ok = fail = 0
-    total_sum = 0.0
-    mn, mx, qpeak = INF, -INF, -1.0
-    errors: dict[str, int] = {}
-    time = [0.0, 0.0, 0.0]
-    for a in agg_list:
-        if a.bins:
-            if not bins:
-                bins = dict(a.bins)
-            else:
-                for k, c in a.bins.items():
-                    bins[k] = bins.get(k, 0) + c
-        ok += a.ok
-        fail += a.fail
-        total_sum += a.sum
-        mn = min(mn, a.mn)
-        mx = max(mx, a.mx)
-        qpeak = max(qpeak, a.qpeak)
-        for kind, n in a.errors.items():
-            errors[kind] = errors.get(kind, 0) + n
-        for c in (UP, DOWN, UNKNOWN):
-            time[c] += a.time[c]
-    if time_extra is not None:
-        time[time_extra[0]] += time_extra[1]
-    p50, p95, p99 = sketch.quantiles(bins, (0.5, 0.95, 0.99))
-    count = ok + fail
-    known = time[UP] + time[DOWN]
-    observed = known + time[UNKNOWN]
-    return {
-        "count": count,
-        "avg_ms": total_sum / ok if ok else None,
-        "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
-        "min_ms": round(mn, 3) if ok else None,  # ring columns hold float32: show whole microseconds
-        "max_ms": round(mx, 3) if ok else None,
-        "success_rate": ok / count if count else None,
-        "uptime": time[UP] / known if known > 0 else None,
-        "unknown_ratio": time[UNKNOWN] / observed if observed > 0 else None,
-        "rpm": count / (covered_s / 60.0) if covered_s > 0 else None,
-        "errors_by_kind": errors,
-        "queue_peak": qpeak if qpeak >= 0 else None,
-        "up_s": time[UP], "down_s": time[DOWN], "unknown_s": time[UNKNOWN],
-    }
+def _slide(dq: deque, k: int, v: float, lower: bool) -> None:
+    """Append bucket k's value to a monotonic deque: its front is the window's extreme."""
+    if lower:
+        while dq and dq[-1][1] >= v:
+            dq.pop()
+    else:
+        while dq and dq[-1][1] <= v:
+            dq.pop()
+    dq.append((k, v))

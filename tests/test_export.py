@@ -82,8 +82,8 @@ def test_export_over_the_bus_and_from_the_cli(endpoints, procs, client, tmp_path
             pub.send("heartbeat.probe.e", {"interval": 1.0, "services": ["e"]})
             pub.send("status.e", {"service": "e", "state": "connected"})
             pub.send("timing.e", {"service": "e", "endpoint": "/", "duration_ms": 25.0, "ok": True})
-            return client.services.get("e", {}).get("stats", {}).get("count", 0) >= 3
-        wait_for(fed, timeout=20, client=client, every=0.1)
+            return client.services.get("e", {}).get("stats", {}).get("count", 0) >= 3 and client.has_snapshot
+        wait_for(fed, timeout=20, client=client, every=0.1)  # has_snapshot: our DEALER is connected
         rid = client.export("json", "1s", "5m", "e")
         reply = wait_for(lambda: client.replies.get(rid), timeout=10, client=client)
         assert reply["ok"] and reply["format"] == "json" and reply["rows"] >= 1
