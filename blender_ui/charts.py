@@ -47,8 +47,18 @@ class Canvas:
         return tuple(self.px[i:i + 4])
 
 
-def _columns(values: Sequence, w: int) -> list:
-    """Resample to one value per pixel column (max of the bucket, so spikes stay visible)."""
+def _columns(values: Sequence, w: int, times: Sequence | None = None,
+             span: tuple[float, float] | None = None) -> list:
+    """Resample to one value per pixel column (max of the bucket, so spikes stay visible).
+    With `times` and `span` (t0, t1) a column is a slice of time: gaps stay empty and the
+    newest point is at the right edge, however few points there are."""
+    if times is not None and span is not None:
+        t0, t1 = span
+        buckets: list[list[float]] = [[] for _ in range(w)]
+        for t, v in zip(times, values):
+            if _finite(t) and _finite(v) and t0 <= t <= t1 and t1 > t0:
+                buckets[min(w - 1, int((t - t0) / (t1 - t0) * w))].append(v)
+        return [max(b) if b else None for b in buckets]
     n = len(values)
     if n == 0:
         return [None] * w
@@ -62,7 +72,8 @@ def _columns(values: Sequence, w: int) -> list:
 
 def line_chart(series: Sequence[tuple[Sequence, tuple]], w: int = 160, h: int = 48,
                vmax: float | None = None, limit: float | None = None,
-               rates: Sequence | None = None) -> list[float]:
+               rates: Sequence | None = None, times: Sequence | None = None,
+               span: tuple[float, float] | None = None) -> list[float]:
     """Lines for each (values, colour), scaled to the data; a dashed `limit` line when it is
     in range; with `rates`, a success strip along the bottom (green ok, red failed)."""
     cv = Canvas(w, h)
@@ -72,19 +83,17 @@ def line_chart(series: Sequence[tuple[Sequence, tuple]], w: int = 160, h: int = 
         top = max(finite) * 1.25 if finite else 1.0
     top = top if top > 0 else 1.0
     if rates is not None:
-        for x, v in enumerate(_columns(rates, w)):
+        for x, v in enumerate(_columns(rates, w, times, span)):
             if v is not None:
                 cv.vline(x, 0, 1, OK if v >= 0.999 else FAIL)
     for y in (h // 4, h // 2, 3 * h // 4):
         cv.hline(y, GRID)
     scale = (h - 3) / top
     for values, colour in series:
-        cols = _columns(values, w)
+        cols = _columns(values, w, times, span)
         prev = None
         for x, v in enumerate(cols):
             if v is None:
-                if series and colour is series[0][1]:
-                    cv.vline(x, 0, 1, NO_DATA)
                 prev = None
                 continue
             y = 1 + min(h - 2, int(v * scale))
@@ -95,10 +104,11 @@ def line_chart(series: Sequence[tuple[Sequence, tuple]], w: int = 160, h: int = 
     return cv.px
 
 
-def rate_chart(rates: Sequence, w: int = 160, h: int = 24) -> list[float]:
+def rate_chart(rates: Sequence, w: int = 160, h: int = 24, times: Sequence | None = None,
+               span: tuple[float, float] | None = None) -> list[float]:
     """Success rate as columns: the green part is the share that succeeded, red the rest."""
     cv = Canvas(w, h)
-    for x, v in enumerate(_columns(rates, w)):
+    for x, v in enumerate(_columns(rates, w, times, span)):
         if v is None:
             continue
         ok_h = int(round(max(0.0, min(1.0, v)) * h))

@@ -151,7 +151,7 @@ class ConnectionStatus:
                 col.label(text=line_text)
             col.label(text=f"Queue: {view.queue_text(record)}")
             col.label(text=f"Resources: {view.resources_text(record)}")
-            if item.error:
+            if item.error and item.state != "offline":  # an old error is not news while offline
                 err = col.row(align=True)
                 err.alert = True
                 err.label(text=item.error, icon=_i("ERROR"))
@@ -204,11 +204,15 @@ def _trend_icons(name, rng, series, big=False):
     h = 64 if big else 40
     w = h * (6 if big else 4)
     t = series.get("t") or []
-    sig = (rng, len(t), t[-1] if t else None)
+    seconds = view.RANGE_SECONDS[rng]
+    now = time.time()
+    span = (now - seconds, now)
+    # Re-render when data arrives, or when the time axis has moved by about one column.
+    sig = (rng, len(t), t[-1] if t else None, int(now / max(1.0, seconds / w)))
     p95, p50, ok = series.get("p95_ms") or [], series.get("p50_ms") or [], series.get("success_rate") or []
     trend = runtime.chart_icons(f"{name}.trend.{h}", sig, (w, h), lambda: charts.line_chart(
-        [(p95, charts.P95), (p50, charts.P50)], w, h, limit=view.FAST_MS, rates=ok))
-    rate = runtime.chart_icons(f"{name}.rate.{h}", sig, (w, h), lambda: charts.rate_chart(ok, w, h))
+        [(p95, charts.P95), (p50, charts.P50)], w, h, limit=view.FAST_MS, rates=ok, times=t, span=span))
+    rate = runtime.chart_icons(f"{name}.rate.{h}", sig, (w, h), lambda: charts.rate_chart(ok, w, h, t, span))
     return trend, rate
 
 
@@ -345,7 +349,7 @@ class MetricsHistory:
 # -- the classes: the same three panels in each of the three editors -------------------------------
 def _panels(editor, suffix, open_dashboard):
     """Panel ids must be unique per class: the 3D Viewport keeps the plain ids, the other
-    editors add a suffix. The Properties editor has room, so its dashboard starts open."""
+    editors add a suffix. The Properties editor has room, so its sub-panels start open."""
     status_id = f"MOVIE_DIRECTOR_PT_connection_status{suffix}"
     dash_id = f"MOVIE_DIRECTOR_PT_health_dashboard{suffix}"
     status = type(status_id, (editor, ConnectionStatus, Panel), {"bl_idname": status_id})
@@ -353,7 +357,9 @@ def _panels(editor, suffix, open_dashboard):
         "bl_idname": dash_id, "bl_parent_id": status_id,
         "bl_options": set() if open_dashboard else {"DEFAULT_CLOSED"}})
     hist_id = f"MOVIE_DIRECTOR_PT_metrics_history{suffix}"
-    hist = type(hist_id, (editor, MetricsHistory, Panel), {"bl_idname": hist_id, "bl_parent_id": dash_id})
+    hist = type(hist_id, (editor, MetricsHistory, Panel), {
+        "bl_idname": hist_id, "bl_parent_id": dash_id,
+        "bl_options": set() if open_dashboard else {"DEFAULT_CLOSED"}})
     return status, dash, hist
 
 

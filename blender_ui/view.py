@@ -15,6 +15,7 @@ DASH = "—"
 BACKENDS = (("comfyui", "ComfyUI"), ("wan2gp", "Wan2GP"), ("rvc", "RVC"), ("audioldm", "AudioLDM"))
 LLM = "llm"
 RANGES = ("5m", "1h", "24h")
+RANGE_SECONDS = {"5m": 300.0, "1h": 3600.0, "24h": 86400.0}
 
 # state -> (icon, words, tooltip). Icon and words together: never colour alone.
 STATES: dict[str, tuple[str, str, str]] = {
@@ -182,7 +183,8 @@ def queue_text(record: dict[str, Any] | None) -> str:
 
 
 def resources_text(record: dict[str, Any] | None) -> str:
-    res = ((record or {}).get("details") or {}).get("resources")
+    # The probe puts it in details; the aggregator's record also has it at the top level.
+    res = (record or {}).get("resources") or ((record or {}).get("details") or {}).get("resources")
     if not isinstance(res, dict):
         return DASH
     parts = []
