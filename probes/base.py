@@ -125,7 +125,8 @@ class StateMachine:
 
     A failure from Connected shows Connecting (retrying); only `failures_to_down`
     consecutive failures show Disconnected (or Error when the backend answered but was
-    wrong). Recovery is debounced the same way. While a change awaits confirmation
+    wrong). Recovery from down is debounced the same way; a blip that never reached
+    "down" ends with the first success. While a change awaits confirmation
     (`unconfirmed`), the runner re-checks quickly instead of waiting a full interval, so
     damping costs a fraction of a second rather than whole intervals.
     """
@@ -133,26 +134,27 @@ class StateMachine:
     def __init__(self, failures_to_down: int = 2) -> None:
         self.n = max(1, failures_to_down)
         self.state = "connecting"
+        self.confirmed: str | None = None  # the last state reached through n agreeing checks
         self._fails = 0
         self._oks = 0
 
     @property
     def unconfirmed(self) -> bool:
-        return 0 < self._fails < self.n or 0 < self._oks < self.n and self.state != "connected"
+        return 0 < self._fails < self.n or (0 < self._oks < self.n and self.confirmed != "connected")
 
     def update(self, result: CheckResult) -> str:
         if result.healthy:
             self._fails = 0
             self._oks += 1
-            if self._oks >= self.n or self.state == "connected":
-                self.state = "connected"
+            if self._oks >= self.n or self.confirmed == "connected":
+                self.state = self.confirmed = "connected"
             else:
                 self.state = "connecting"
         else:
             self._oks = 0
             self._fails += 1
             if self._fails >= self.n:
-                self.state = "error" if result.reachable else "disconnected"
+                self.state = self.confirmed = "error" if result.reachable else "disconnected"
             else:
                 self.state = "connecting"
         return self.state

@@ -60,6 +60,18 @@ class BusTap:
     def wait_state(self, state: str, service: str | None = None, timeout: float = 10.0) -> dict:
         return self.wait(lambda t: (s := t.last_status(service)) and s["state"] == state and s, timeout)
 
+    def join(self, publisher: Publisher, timeout: float = 10.0) -> None:
+        """Beat on `publisher` until this tap hears it: past the slow-joiner window, every
+        later message arrives."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            publisher.send(f"heartbeat.{publisher.src}", {"interval": 1.0, "services": []})
+            before = len(self.frames)
+            self.pump(0.05)
+            if len(self.frames) > before:
+                return
+        raise AssertionError("the publisher never reached the tap")
+
     def refresh(self, service: str | None = None) -> None:
         self.control.send("control.refresh", {"service": service} if service else {})
 

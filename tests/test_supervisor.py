@@ -1,0 +1,95 @@
+"""`md-probes run-all`: one child per enabled service, a crashed child restarted with
+backoff, and a clean stop (lifeline EOF or SIGTERM) that leaves no orphans."""
+from __future__ import annotations
+
+import sys
+
+import psutil
+import pytest
+
+from probes.supervisor import MAX_BACKOFF, restart_delay
+from tests.conftest import wait_for
+from tests.fakes.comfyui import FakeComfyUI
+from tests.fakes.gradio import FakeGradio
+
+
+def children_by_service(pid: int) -> dict[str, psutil.Process]:
+    out = {}
+    try:
+        for child in psutil.Process(pid).children():
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:
+                continue
+            if "run" in cmd:
+                out[cmd[-1]] = child
+    except psutil.NoSuchProcess:
+        pass
+    return out
+
+
+@pytest.fixture
+def two_service_config(tmp_path, monkeypatch):
+    comfy, wan = FakeComfyUI().start(), FakeGradio("wan2gp").start()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[services.comfyui]\nurl = "{comfy.url}"\n\n[services.wan2gp]\nurl = "{wan.url}"\n\n'
+                   '[services.rvc]\nenabled = false\n\n[services.audioldm]\nenabled = false\n\n'
+                   '[services.llm]\nenabled = false\n')
+    monkeypatch.setenv("MD_HEALTH_CONFIG", str(cfg))
+    yield cfg
+    comfy.stop()
+    wan.stop()
+
+
+def test_restart_delay_backs_off_to_the_cap():
+    assert [restart_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert restart_delay(20) == MAX_BACKOFF
+
+
+def test_kill_9_child_is_restarted_and_stop_leaves_no_orphans(endpoints, procs, client, two_service_config):
+    sup = procs.start("-m", "probes", "run-all", name="supervisor")
+    kids = wait_for(lambda: (k := children_by_service(sup.pid)).keys() == {"comfyui", "wan2gp"} and k, timeout=30)
+    procs.aggregator()
+    wait_for(lambda: client.services.get("comfyui", {}).get("state") == "connected"
+             and client.services.get("wan2gp", {}).get("state") == "connected", timeout=30, client=client)
+
+    victim = kids["comfyui"]
+    victim.kill()  # SIGKILL on POSIX, TerminateProcess on Windows: no chance to clean up
+    victim.wait(timeout=10)
+    new = wait_for(lambda: (c := children_by_service(sup.pid).get("comfyui")) and c.pid != victim.pid and c,
+                   timeout=30)
+    assert kids["wan2gp"].is_running()  # the others are left alone
+    # The restarted probe publishes again.
+    client.refresh("comfyui")
+    wait_for(lambda: client.services["comfyui"].get("probe_alive") is not False
+             and client.services["comfyui"]["state"] == "connected", timeout=30, client=client)
+
+    all_kids = [new, kids["wan2gp"]]
+    sup.stdin.close()  # the lifeline: what `md-health up` and the test fixtures do to stop it
+    assert sup.wait(timeout=20) == 0
+    gone, alive = psutil.wait_procs(all_kids, timeout=10)
+    assert not alive, f"orphans left: {alive}"
+    out = procs.output(sup)
+    assert "probe comfyui exited with code" in out and "restart 1 in 0.5 s" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is a POSIX signal")
+def test_sigterm_stops_everything(endpoints, procs, two_service_config):
+    sup = procs.start("-m", "probes", "run-all", name="supervisor")
+    kids = wait_for(lambda: (k := children_by_service(sup.pid)).keys() == {"comfyui", "wan2gp"} and k, timeout=30)
+    sup.terminate()
+    assert sup.wait(timeout=20) == 0
+    gone, alive = psutil.wait_procs(list(kids.values()), timeout=10)
+    assert not alive
+    assert "all probes stopped" in procs.output(sup)
+
+
+def test_supervisor_killed_hard_children_follow(endpoints, procs, two_service_config):
+    """Even a kill -9 of the supervisor leaves nothing behind: the children's lifeline ends."""
+    sup = procs.start("-m", "probes", "run-all", name="supervisor")
+    kids = wait_for(lambda: (k := children_by_service(sup.pid)).keys() == {"comfyui", "wan2gp"} and k, timeout=30)
+    sup.kill()
+    sup.wait(timeout=10)
+    gone, alive = psutil.wait_procs(list(kids.values()), timeout=15)
+    assert not alive
