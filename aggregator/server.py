@@ -159,6 +159,7 @@ class Aggregator:
 
     def _ingest(self, frames: list[bytes]) -> set[str]:
         changed: set[str] = set()
+        msgs = []
         for frame in frames:
             msg = decode(frame)
             if isinstance(msg, Rejection):
@@ -166,8 +167,9 @@ class Aggregator:
                     log.warning("rejected a frame from %s: %s (%s); further ones of this kind from this "
                                 "source are counted, not logged", msg.src or "an unknown source", msg.kind, msg.detail)
                 continue
-            self.rejects.accepted += 1
-            changed |= self.engine.ingest(msg)
+            msgs.append(msg)
+        self.rejects.accepted += len(msgs)
+        self.engine.ingest_batch(msgs, changed)
         return changed
 
     def _heartbeat(self) -> None:

@@ -230,6 +230,16 @@ def test_snapshot_state_history_and_cache():
     assert set(cols) == {"t", "p50_ms", "p95_ms", "success_rate", "up_ratio"}
     assert len(cols["t"]) == 31 and cols["t"] == sorted(cols["t"])
     assert cols["p95_ms"][-2] == pytest.approx(100.0, rel=0.01) and cols["up_ratio"][-2] == 1.0
+    for _ in range(400):  # the history is kept up to date incrementally: same as built afresh
+        timing(engine, "x", 100.0 + clock.t % 7)
+        clock.t += 1
+        beat(engine)
+        engine.tick()
+        if clock.t % 37 == 0:
+            engine.state("5m")
+    kept = engine.history("5m")["services"]["x"]
+    engine.services["x"].history_cache.clear()
+    assert engine.history("5m")["services"]["x"] == kept and len(kept["t"]) == 301
     assert engine.state("1h")["history"]["step_s"] == 10.0
     assert engine.state("24h")["history"]["step_s"] == 60.0
     assert set(state["services"]["x"]["uptime"]) == {"5m", "1h", "24h"}
