@@ -30,5 +30,13 @@ test: $(STAMP)
 addon: $(STAMP)
 	$(PY) blender_ui/build.py
 
+## Measured performance against same-run baselines: table, bench/results.json, plots, README section (< 10 min).
+bench: $(STAMP)
+	$(PY) -m bench
+
+## A reduced bench for development (< 1 min); writes bench/out/quick/ only.
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""`make bench`: measured performance, side by side with same-run baselines (see bench/README.md)."""
