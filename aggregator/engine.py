@@ -116,6 +116,8 @@ class Engine:
         self.persistence: dict[str, Any] = {"mode": "memory", "reason": "not persisted (engine only)"}
         self._last_alert_eval = -math.inf
         self._now = -math.inf
+        self.bad_events = 0       # events that raised inside the engine (a bug, or input we missed)
+        self.last_bad_event = ""
 
     def _time(self) -> float:
         now = self.clock()
@@ -144,37 +146,41 @@ class Engine:
         now = self._time()
         services = self.services
         for msg in msgs:
-            topic = msg.topic
-            if topic.startswith("timing."):  # the hot path: a few adds in the open 1 s bucket
-                body = msg.body
-                name = body["service"]
-                svc = services.get(name) or self._service(name, now)
-                series = svc.series
-                if now >= series.live_end:
-                    series.advance(now)
-                acc = series.live.acc
-                if body["ok"]:
-                    d = body["duration_ms"]
-                    if d < 0:
-                        continue
-                    k = _key(d)
-                    bins = acc.bins
-                    bins[k] = bins.get(k, 0) + 1
-                    acc.ok += 1
-                    acc.sum += d
-                    if d < acc.mn:
-                        acc.mn = d
-                    if d > acc.mx:
-                        acc.mx = d
+            try:  # zero cost unless raised: one odd event must never stop the others
+                topic = msg.topic
+                if topic.startswith("timing."):  # the hot path: a few adds in the open 1 s bucket
+                    body = msg.body
+                    name = body["service"]
+                    svc = services.get(name) or self._service(name, now)
+                    series = svc.series
+                    if now >= series.live_end:
+                        series.advance(now)
+                    acc = series.live.acc
+                    if body["ok"]:
+                        d = body["duration_ms"]
+                        if not 0 <= d < 1e12:  # negative, NaN or infinite: not a duration
+                            continue
+                        k = _key(d)
+                        bins = acc.bins
+                        bins[k] = bins.get(k, 0) + 1
+                        acc.ok += 1
+                        acc.sum += d
+                        if d < acc.mn:
+                            acc.mn = d
+                        if d > acc.mx:
+                            acc.mx = d
+                    else:
+                        acc.fail += 1
+                        kind = body.get("error_kind")
+                        kind = kind if isinstance(kind, str) and kind else "error"
+                        acc.errors[kind] = acc.errors.get(kind, 0) + 1
+                    svc.version += 1
+                    changed.add(name)
                 else:
-                    acc.fail += 1
-                    kind = body.get("error_kind")
-                    kind = kind if isinstance(kind, str) and kind else "error"
-                    acc.errors[kind] = acc.errors.get(kind, 0) + 1
-                svc.version += 1
-                changed.add(name)
-            else:
-                changed |= self._ingest_other(msg, now)
+                    changed |= self._ingest_other(msg, now)
+            except Exception as exc:  # noqa: BLE001 - counted and reported by the shell
+                self.bad_events += 1
+                self.last_bad_event = f"{msg.topic} from {msg.src}: {exc.__class__.__name__}: {exc}"[:300]
 
     def _ingest_other(self, msg: Message, now: float) -> set[str]:
         kind = msg.kind
@@ -199,13 +205,13 @@ class Engine:
         svc.last_check = now
         details = body.get("details") if isinstance(body.get("details"), dict) else {}
         q = details.get("queue_depth")
-        svc.queue_current = q if isinstance(q, (int, float)) and not isinstance(q, bool) else None
+        svc.queue_current = q if _number(q) else None
         if svc.queue_current is not None:
             svc.series.advance(now)
             acc = svc.series.live.acc
             acc.qpeak = max(acc.qpeak, float(svc.queue_current))
         jt = details.get("job_time_ms")
-        if isinstance(jt, (int, float)) and not isinstance(jt, bool) and jt >= 0 and jt != svc.last_job_time:
+        if _number(jt) and jt != svc.last_job_time:
             svc.job_times.append(float(jt))  # probes repeat the last job's time; count each job once
         svc.last_job_time = jt
         if body["state"] != previous:
@@ -229,11 +235,11 @@ class Engine:
         u = svc.usage.get(model)
         if u is None:
             u = svc.usage[model] = [0, 0, 0, {}, None]
-        u[0] += max(0, body["tokens_in"])
-        u[1] += max(0, body["tokens_out"])
+        u[0] += min(max(0, body["tokens_in"]), 1 << 40)
+        u[1] += min(max(0, body["tokens_out"]), 1 << 40)
         u[2] += 1
         lat = body["latency_ms"]
-        if lat >= 0:
+        if 0 <= lat < 1e12:
             k = _key(lat)
             u[3][k] = u[3].get(k, 0) + 1
         if isinstance(body.get("provider"), str):
@@ -283,9 +289,13 @@ class Engine:
             rules = self.settings.alert_rules(name)
             if not rules.get("enabled", True):
                 continue
-            record = self.record(name)
-            for (aname, metric, value, threshold, bad, good, raise_after, clear_after, message) in \
-                    alerting.conditions(rules, record, now):
+            try:
+                conditions = alerting.conditions(rules, self.record(name), now)
+            except Exception as exc:  # noqa: BLE001 - odd details must not stop the other alerts
+                self.bad_events += 1
+                self.last_bad_event = f"alerts for {name}: {exc.__class__.__name__}: {exc}"[:300]
+                continue
+            for (aname, metric, value, threshold, bad, good, raise_after, clear_after, message) in conditions:
                 alert = self.alerts.get((name, aname))
                 if alert is None:
                     alert = self.alerts[(name, aname)] = alerting.Alert(name, aname, metric)
@@ -489,6 +499,11 @@ def bucket_row(service: str, tier: str, start: float, agg: Agg, is_open: bool) -
         "queue_peak": agg.qpeak if agg.qpeak >= 0 else None,
         "errors": dict(sorted(agg.errors.items())),
     }
+
+
+def _number(v: Any) -> bool:
+    """A finite, non-negative number (probes send None for the unknowable, never NaN)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e15
 
 
 def _exact_q(values: list[float], q: float) -> float | None:

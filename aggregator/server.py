@@ -169,7 +169,11 @@ class Aggregator:
                 continue
             msgs.append(msg)
         self.rejects.accepted += len(msgs)
+        bad = self.engine.bad_events
         self.engine.ingest_batch(msgs, changed)
+        if self.engine.bad_events != bad and bad < 10:  # the first few are logged, all are counted
+            log.warning("skipped an event the engine could not apply (%d so far): %s",
+                        self.engine.bad_events, self.engine.last_bad_event)
         return changed
 
     def _heartbeat(self) -> None:

@@ -261,3 +261,33 @@ def test_seven_day_tier_and_deepcopy():
     assert set(r["uptime"]) == {"5m", "1h", "24h", "7d"} and r["windows"]["7d"]["count"] == 1
     twin = copy.deepcopy(engine.services["x"])  # the bench clones services this way
     assert twin.series.tiers[3].acc.ok == 1
+
+
+def test_odd_events_never_break_the_engine():
+    """Values the decoder may or may not refuse (it refuses NaN in required number fields)
+    are fed straight to the engine: none raises, none counts as a sample."""
+    clock = Clock()
+    engine = Engine(clock)
+    nan, inf = float("nan"), float("inf")
+    bodies = [
+        ("timing.x", {"service": "x", "endpoint": "/", "duration_ms": nan, "ok": True}),
+        ("timing.x", {"service": "x", "endpoint": "/", "duration_ms": inf, "ok": True}),
+        ("timing.x", {"service": "x", "endpoint": "/", "duration_ms": -5, "ok": True}),
+        ("timing.x", {"service": "x", "endpoint": "/", "duration_ms": 1e300, "ok": False, "error_kind": ["x"]}),
+        ("status.x", {"service": "x", "state": "weird", "details": {"queue_depth": nan, "job_time_ms": inf,
+                                                                    "providers": "nope"}}),
+        ("status.x", {"service": "x", "state": "connected", "details": ["not", "a", "map"]}),
+        ("status.x", {"service": "x", "state": "connected", "details": {"queue_depth": True}}),
+        ("llm.usage", {"model": "m", "tokens_in": 2**62, "tokens_out": -3, "latency_ms": nan}),
+        ("heartbeat.probe.x", {"interval": 1.0, "services": [1, None, "x"]}),
+    ]
+    for topic, body in bodies:
+        engine.ingest(Message(topic, "probe.x", 1, 0.0, body))
+        clock.t += 0.5
+        engine.tick()
+    r = engine.record("x")
+    assert engine.bad_events == 0, engine.last_bad_event
+    assert r["stats"]["count"] == 1 and r["stats"]["p95_ms"] is None  # only the failure counted
+    assert r["queue"]["current"] is None and r["job_time"] is None
+    assert engine.record("llm")["usage"]["by_model"]["m"]["tokens_out"] == 0
+    assert engine.state("24h")["history"]["services"]["x"]
