@@ -1,4 +1,5 @@
-"""The /metrics endpoint of a real aggregator passes `promtool check metrics`."""
+"""The /metrics endpoint of a real aggregator passes `promtool check metrics`, and a real
+Prometheus scrapes it on loopback."""
 from __future__ import annotations
 
 import shutil
@@ -58,3 +59,42 @@ def _try_scrape(port: int) -> str | None:
         return _scrape(port)
     except OSError:
         return None
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus (Debian package) not installed")
+def test_a_real_prometheus_scrapes_it(endpoints, procs, client, tmp_path):
+    import json
+    import urllib.parse
+
+    port, web = free_port(), free_port()
+    procs.start("-m", "aggregator", "run", "--metrics-port", str(port), name="aggregator")
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: md-health\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n")
+    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                     f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{web}"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ctx = new_context()
+    pub = Publisher(pub_socket(ctx, endpoints.events), "probe.p")
+    try:
+        def query():
+            pub.send("heartbeat.probe.p", {"interval": 1.0, "services": ["comfyui"]})
+            pub.send("status.comfyui", {"service": "comfyui", "state": "connected"})
+            pub.send("timing.comfyui", {"service": "comfyui", "endpoint": "/", "duration_ms": 30.0, "ok": True})
+            q = urllib.parse.quote('md_health_probe_duration_seconds{service="comfyui",window="5m",quantile="0.5"}')
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/query?query={q}", timeout=2) as r:
+                    result = json.load(r)["data"]["result"]
+            except OSError:
+                return None
+            return result and float(result[0]["value"][1])
+        p50 = wait_for(query, timeout=40, every=0.5)
+        assert p50 == pytest.approx(0.030, rel=0.01)
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/targets", timeout=5) as r:
+            target = json.load(r)["data"]["activeTargets"][0]
+        assert target["health"] == "up" and not target["lastError"]
+    finally:
+        prom.terminate()
+        prom.wait(10)
+        close(pub.socket)
+        ctx.term()
