@@ -65,3 +65,10 @@ def test_help_everywhere_and_offline_messages(endpoints):
         assert out.returncode == 1 and "monitor offline" in out.stderr and "Traceback" not in out.stderr
     out = _run("export", "--wait", "0.3")
     assert out.returncode == 1 and "no history file" in out.stderr
+
+
+def test_run_refuses_a_bad_config_naming_the_key(endpoints, isolated_env):
+    (isolated_env / "config.toml").write_text("[aggregator]\nflush_interval = 60\n")
+    out = _run("run", timeout=30)
+    assert out.returncode == 2 and "aggregator.flush_interval" in out.stderr and "line 2" in out.stderr
+    assert "Traceback" not in out.stderr
