@@ -234,6 +234,9 @@ class HealthDashboard:
         state = getattr(context.window_manager, runtime.STATE)
         rng = state.metrics_range
         layout.row().prop(state, "metrics_range", expand=True)
+        if RT.dashboard_drawn < time.monotonic() - 3.0:
+            RT.next_history = 0.0  # just opened: fetch the history now
+        RT.dashboard_drawn = time.monotonic()
         client = RT.client
         if client is None or not state.online:
             layout.label(text="Monitor offline: no figures", icon=_i("INTERNET_OFFLINE"))

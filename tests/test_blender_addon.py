@@ -158,14 +158,18 @@ def test_offline_without_aggregator_then_live_status_then_recovery(addon, procs,
 def test_timer_survives_an_exception(addon):
     runtime = addon
 
-    class Broken:
+    real = runtime.RT.client
+
+    class Broken:  # a client whose every poll fails (the timer also polls it once a second)
         online = False
         services: dict = {}
+        sub, dealer = real.sub, real.dealer
 
         def poll(self, *a, **k):
             raise RuntimeError("boom")
 
-    real, runtime.RT.client = runtime.RT.client, Broken()
+    runtime.RT.client = Broken()
+    runtime.RT.last_second = 0  # make the next tick a once-a-second one
     try:
         assert runtime.tick() == pytest.approx(prefs().interval)
         assert runtime.tick() == pytest.approx(prefs().interval)
