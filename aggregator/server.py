@@ -7,6 +7,7 @@ own heartbeat, and answers requests (snapshot, refresh, export) on the ROUTER.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -54,9 +55,17 @@ class Aggregator:
         if not self.settings.persist:
             self.engine.persistence = {"mode": "memory", "reason": "persist = false in [aggregator]"}
             return
+        where = self.settings.resolved_data_dir()
         try:
-            self.store = Store(self.settings.resolved_data_dir())
-            buckets = self.store.restore(self.engine)
+            self.store = Store(where)
+            try:
+                buckets = self.store.restore(self.engine)
+            except (sqlite3.DatabaseError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                # Damage the quick check did not see: set it aside like any unreadable file.
+                self.engine.services.clear()
+                self.store.close()
+                self.store = Store(where, quarantine=f"unreadable ({exc.__class__.__name__}: {exc})")
+                buckets = 0
         except StoreUnavailable as exc:
             self._to_memory(str(exc))
             return

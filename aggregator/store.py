@@ -49,7 +49,9 @@ class StoreUnavailable(RuntimeError):
 
 
 class Store:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, quarantine: str | None = None) -> None:
+        """Open (or create) the history file. `quarantine`: move the existing file aside for
+        this reason first (restore() found it unreadable past the quick check)."""
         self.dir = Path(data_dir)
         self.path = self.dir / FILENAME
         self.quarantined: Path | None = None
@@ -59,7 +61,7 @@ class Store:
         except OSError as exc:
             raise StoreUnavailable(f"cannot create the data directory {self.dir}: {exc.strerror or exc}") from None
         if self.path.exists():
-            problem = self._check_existing()
+            problem = quarantine or self._check_existing()
             if problem:
                 self._quarantine(problem)
         try:
@@ -158,6 +160,12 @@ class Store:
         loaded = 0
         names = {name: _unpack(data) for name, data in self.db.execute("SELECT service, data FROM services")}
         tier_names = [label(step) for step, _ in engine.settings.tiers]
+        try:  # tiers no longer configured would otherwise sit in the file for ever
+            with self.db:
+                self.db.execute(f"DELETE FROM buckets WHERE tier NOT IN ({','.join('?' * len(tier_names))})",
+                                tier_names)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot write {self.path}: {exc}") from None
         for name, data in names.items():
             if not isinstance(data, dict):
                 continue

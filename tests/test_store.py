@@ -164,3 +164,18 @@ def test_history_survives_kill_9_in_a_loop(endpoints, procs, client, isolated_en
     finally:
         close(pub.socket)
         ctx.term()
+
+
+def test_damage_found_during_restore_is_quarantined_too(endpoints, procs, client, isolated_env):
+    """A file that passes SQLite's quick check but holds nonsense rows is set aside at restore."""
+    data = Path(os.environ["MD_HEALTH_DATA_DIR"])
+    store = Store(data)
+    store.db.execute("INSERT INTO services VALUES ('x', ?)", (b"\x93\x01\x02",))  # not a map: skipped
+    store.db.execute("INSERT INTO services VALUES ('y', ?)", (__import__("msgpack").packb({"first_seen": "soon"}),))
+    store.db.commit()
+    store.close()
+    agg = procs.aggregator()
+    wait_for(lambda: _aggregator_online(client), timeout=20, client=client)
+    assert client.aggregator["persistence"]["mode"] == "sqlite"
+    assert "quarantined" in (client.aggregator["persistence"]["quarantined"] or "")
+    assert "Traceback" not in procs.output(agg)
