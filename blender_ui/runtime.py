@@ -286,8 +286,11 @@ def run_sync(wm) -> None:
 def force_sync(*_args) -> None:
     """After loading a .blend the window manager may be new: write everything again."""
     RT.written.clear()
+    wm = bpy.context.window_manager
+    if wm is None:  # enabled at start-up, before a window manager exists: load_post comes later
+        return
     try:
-        run_sync(bpy.context.window_manager)
+        run_sync(wm)
     except Exception:  # noqa: BLE001 - never break file loading
         log.exception("Movie Director health: resync after load failed")
 

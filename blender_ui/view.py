@@ -42,7 +42,9 @@ FAST_MS = 500.0
 SLOW_MS = 2000.0
 LEVEL_ICON = {"good": "SEQUENCE_COLOR_04", "warn": "SEQUENCE_COLOR_03", "bad": "SEQUENCE_COLOR_01", "none": "DOT"}
 
-LLM_ENV_HINT = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OLLAMA_HOST")
+# What probes/llm.py reads (set them where the monitor runs), plus a local Ollama.
+LLM_ENV_HINT = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_OPENAI_API_KEY + AZURE_OPENAI_ENDPOINT",
+                "OLLAMA_HOST (local models)")
 
 
 def label_of(name: str) -> str:
