@@ -9,6 +9,8 @@ about 5x faster than multipart [topic, body] on this hardware (shared/REFERENCE.
 """
 from __future__ import annotations
 
+import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -111,11 +113,26 @@ def _check(fields: dict[str, tuple[type, ...]], data: dict, where: str) -> tuple
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             expected = "/".join(t.__name__ for t in types)
             return "wrong_type", f"{where}.{name} is {_type_name(value)}, expected {expected}"
+        # NaN and infinity are floats too, but no duration, interval or timestamp: they
+        # poison every statistic downstream (the live fuzzer crashed the engine with NaN).
+        if isinstance(value, float) and not math.isfinite(value):
+            return "wrong_type", f"{where}.{name} is {value}, expected a finite number"
     return None
 
 
 _ENVELOPE = {"v": (int,), "src": _TEXT, "seq": (int,), "ts": _NUMBER, "body": _MAP}
 _SCALARS = (str, int, float, bool, type(None))
+
+
+_SERVICE_NAME = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+def valid_service(name: Any) -> bool:
+    """A service name becomes a topic segment (`snapshot.<name>`, `alert.<name>.<alert>`), so
+    it must be 1-64 printable ASCII characters without spaces. The live fuzzer showed why:
+    a status for service 'comfy\\x00i' was accepted, and the aggregator then crashed
+    publishing its snapshot. Config files should check names with this too."""
+    return isinstance(name, str) and _SERVICE_NAME.fullmatch(name) is not None
 
 
 def _not_plain(body: dict) -> str | None:
@@ -170,6 +187,8 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
                 bad = _check(schema, env["body"], f"{topic} body")
         if bad is None and (what := _not_plain(env["body"])):
             bad = "wrong_type", f"{topic} body is not plain data: {what}"
+        if bad is None and "service" in env["body"] and not valid_service(env["body"]["service"]):
+            bad = "wrong_type", f"{topic} body.service {str(env['body']['service'])[:40]!r} is not a service name"
         if bad is not None:
             return Rejection(bad[0], bad[1], src[:64])
         if env["seq"] < 0:
