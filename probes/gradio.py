@@ -26,6 +26,10 @@ from .base import CheckResult, Probe
 from .http import ProbeError
 
 IDENTITY_EVERY = 30.0  # seconds between re-reads of /config and /info while up
+# Gradio 4+ names every event listener after its function, so a big UI can list hundreds of
+# endpoints; every status message carries them, so they are capped (the count stays exact).
+MAX_CAPABILITIES = 40
+MAX_ENDPOINTS = 200
 CONFIG_MAX_BYTES = 32 << 20
 GENERIC_TITLES = {"", "gradio"}
 
@@ -118,12 +122,13 @@ class GradioProbe(Probe):
             return self.fail(exc, result)
         result.healthy = True
         result.version = f"gradio {meta['version']}"
-        result.capabilities = list(self.capabilities_base) + meta["endpoints"]
+        result.capabilities = list(self.capabilities_base) + meta["endpoints"][:MAX_CAPABILITIES]
         result.details = {
             "title": meta["title"],
             "gradio_version": meta["version"],
             "queue_depth": queue_depth,
-            "endpoints": meta["endpoints"],
+            "endpoints": meta["endpoints"][:MAX_ENDPOINTS],
+            "endpoint_count": len(meta["endpoints"]),
             "resources": self.usage(),
         }
         return result

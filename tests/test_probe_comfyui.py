@@ -96,3 +96,29 @@ def test_polling_alone_works_without_websocket(endpoints, tap):
         assert st["details"]["websocket"] is False
         fake.go_down()
         tap.wait_state("disconnected", timeout=10)
+
+
+def test_polling_carries_on_when_the_websocket_is_refused(endpoints, tap):
+    """A ComfyUI behind a proxy that does not pass WebSockets: the upgrade gets a 404."""
+    fake = FakeComfyUI()
+    fake.ws_routes = {}
+    with fake, RunnerThread(ComfyUIProbe("comfyui", settings(fake.url, interval=0.2)), endpoints):
+        st = tap.wait_state("connected")
+        tap.pump(1.0)
+        assert tap.last_status()["state"] == "connected" and tap.last_status()["details"]["websocket"] is False
+        assert fake.hits.get("/ws", 0) >= 1  # it did try
+        fake.set_queue(2, 0)
+        tap.wait(lambda t: t.last_status()["details"]["queue_depth"] == 2)
+    assert st["details"]["queue_depth"] == 0
+
+
+def test_resources_of_a_remote_backend_are_unknown_not_zero():
+    from probes.resources import ResourceSampler, is_local
+
+    assert is_local("127.0.0.1") and is_local("localhost") and is_local("::1")
+    assert not is_local("192.0.2.10") and not is_local("gpu-box.example")
+    s = ResourceSampler()
+    first = s.sample("http://192.0.2.10:8188", None)
+    assert first["process"] is None and first["vram_used_bytes"] is None
+    assert first["host"]["cpu_percent"] is None  # the first sample has nothing to compare with
+    assert s.sample("http://192.0.2.10:8188")["host"]["cpu_percent"] is not None

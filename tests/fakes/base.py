@@ -59,14 +59,17 @@ class FakeBackend:
         return server
 
     def start(self) -> "FakeBackend":
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._hang.set()
-        self.server.shutdown()
-        self.server.server_close()
+        if self._thread is not None:  # stopping twice (a test, then its fixture) is harmless
+            self.server.shutdown()
+            self.server.server_close()
+            self._thread = None
         self.drop_websockets()
 
     def drop_websockets(self) -> None:
