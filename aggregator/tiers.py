@@ -79,6 +79,10 @@ class Tier:
     Tier 0 is `live`: ingest writes its open bucket directly (the lean per-event path),
     so its `win` holds the ring only and a read adds the open bucket (a few bins)."""
 
+    __slots__ = ("step", "n", "label", "name", "live", "c_ok", "c_fail", "c_sum", "c_mn", "c_mx", "c_time",
+                 "c_q", "c_sk", "c_err", "head", "filled", "acc", "acc_k", "win", "counts", "dq_mn", "dq_mx",
+                 "dq_q")
+
     def __init__(self, step: float, keep: float, label: str, name: str, live: bool = False) -> None:
         self.step = step
         self.n = max(1, int(round(keep / step)))
@@ -111,7 +115,9 @@ class Tier:
     def clear(self) -> None:
         """Drop every closed bucket (a gap longer than the retention); the open one stays."""
         fresh = Tier(self.step, self.n * self.step, self.label, self.name, self.live)
-        self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k not in ("acc", "acc_k")})
+        for attr in Tier.__slots__:
+            if attr not in ("acc", "acc_k"):
+                setattr(self, attr, getattr(fresh, attr))
         if not self.live:
             self._add_events(self.acc, 1)
             self.win.time = list(self.acc.time)
