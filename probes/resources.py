@@ -66,9 +66,11 @@ class ResourceSampler:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if self._proc is not None and self._port == port:
             try:
+                # Process.net_connections is psutil >= 6; connections() is its older name.
+                conns = getattr(self._proc, "net_connections", None) or self._proc.connections
                 if self._proc.is_running() and any(
                         c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-                        for c in self._proc.net_connections(kind="tcp")):
+                        for c in conns(kind="tcp")):
                     return self._proc
             except (psutil.Error, OSError):
                 pass
