@@ -232,7 +232,10 @@ class ProbeRunner:
         if self.machine.unconfirmed:
             return min(CONFIRM_DELAY, self.probe.interval)
         if self.machine.state in ("disconnected", "error") and self.down_checks:
-            return min(MAX_BACKOFF, max(self.probe.interval, self.probe.interval * 2 ** self.down_checks))
+            # Never more often than the interval, and never slower than 30 s (or the interval
+            # itself, when that is longer: the llm probe's minute).
+            cap = max(MAX_BACKOFF, self.probe.interval)
+            return min(cap, self.probe.interval * 2 ** self.down_checks)
         return self.probe.interval
 
     def _refresh_requested(self, control) -> bool:
