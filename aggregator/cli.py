@@ -41,7 +41,8 @@ def cmd_run(args) -> int:
 def _synced_client(args, wait: float) -> MonitorClient:
     client = MonitorClient(_endpoints(args), name="cli")
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and not client.has_snapshot:
+    # The snapshot carries the records; the next heartbeat (within 1 s) adds alerts and persistence.
+    while time.monotonic() < deadline and not (client.has_snapshot and client.aggregator):
         client.poll(timeout_ms=50)
     return client
 
@@ -56,7 +57,8 @@ def cmd_status(args) -> int:
             print(json.dumps({"services": client.services, "alerts": client.alerts,
                               "persistence": client.aggregator.get("persistence")}, indent=2, sort_keys=True))
         else:
-            print(render(client.services, online=True, color=sys.stdout.isatty()))
+            print(render(client.services, online=True, color=sys.stdout.isatty(), alerts=client.alerts,
+                         persistence=client.aggregator.get("persistence")))
     return 0
 
 
@@ -75,7 +77,8 @@ def cmd_watch(args, stop: threading.Event | None = None) -> int:
                     next_history = time.monotonic() + HISTORY_EVERY
                 header = time.strftime("Movie Director backend health — %H:%M:%S   (Ctrl+C to quit)")
                 screen = render(client.services, online=client.online, color=color, header=header,
-                                history=client.history, alerts=client.alerts)
+                                history=client.history, alerts=client.alerts,
+                                persistence=client.aggregator.get("persistence"))
                 if screen != last:
                     # Redraw in place: home the cursor and clear below, so nothing scrolls.
                     sys.stdout.write("\033[H\033[J" + screen + "\n" if color else screen + "\n\n")

@@ -56,7 +56,7 @@ def _series(history: dict[str, Any], name: str, key: str, width: int) -> list:
 
 def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool = True,
            now: float | None = None, header: str = "", history: dict[str, Any] | None = None,
-           alerts: list[dict[str, Any]] | None = None) -> str:
+           alerts: list[dict[str, Any]] | None = None, persistence: dict[str, Any] | None = None) -> str:
     now = time.time() if now is None else now
     lines = []
     if header:
@@ -93,6 +93,9 @@ def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool = T
     if alerts:
         lines.append("")
         lines.extend(f"ALERT {a.get('message', '')}" for a in alerts)
+    if persistence and persistence.get("mode") == "memory":
+        lines.append("")
+        lines.append(f"History is kept in memory only: {persistence.get('reason', '')}")
     return "\n".join(lines)
 
 
