@@ -68,6 +68,9 @@ class GradioProbe(Probe):
 
     def _read_meta(self, result: CheckResult) -> dict:
         resp = self.timed_get(result, "/config", max_bytes=CONFIG_MAX_BYTES)
+        if resp.status in (401, 403):
+            raise ProbeError("auth", f"{self.url}/config needs a login: {self.app_name} was launched with Gradio "
+                             "auth, which the probe cannot pass; launch it without auth on a local port", resp.status)
         if resp.status != 200:
             raise ProbeError("http_status", f"{self.url}/config answered HTTP {resp.status}; "
                              f"is {self.app_name} (a Gradio app) on this port?", resp.status)
