@@ -122,3 +122,12 @@ def test_resources_of_a_remote_backend_are_unknown_not_zero():
     assert first["process"] is None and first["vram_used_bytes"] is None
     assert first["host"]["cpu_percent"] is None  # the first sample has nothing to compare with
     assert s.sample("http://192.0.2.10:8188")["host"]["cpu_percent"] is not None
+
+
+def test_slow_but_within_the_timeout_is_healthy_and_timed():
+    with FakeComfyUI() as fake:
+        fake.mode, fake.delay = "slow", 0.3
+        r = ComfyUIProbe("comfyui", settings(fake.url, timeout=2.0)).check()
+        assert r.healthy and all(t.duration_ms >= 290 for t in r.timings)
+        r = ComfyUIProbe("comfyui", settings(fake.url, timeout=0.2)).check()
+    assert r.error_kind == "timeout" and "no answer from" in r.error
