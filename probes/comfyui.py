@@ -182,6 +182,9 @@ class ComfyUIProbe(Probe):
         result = CheckResult(False)
         try:
             stats = self.timed_get(result, "/system_stats")
+            if stats.status == 404:
+                raise ProbeError("wrong_service", f"{self.url} has no /system_stats: the app on this port is not "
+                                 "ComfyUI; check services.comfyui.url", 404)
             if stats.status != 200:
                 raise ProbeError("http_status", f"{self.url}/system_stats answered HTTP {stats.status}; "
                                  "ComfyUI may be starting or failing, see its console", stats.status)

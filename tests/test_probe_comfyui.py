@@ -131,3 +131,11 @@ def test_slow_but_within_the_timeout_is_healthy_and_timed():
         assert r.healthy and all(t.duration_ms >= 290 for t in r.timings)
         r = ComfyUIProbe("comfyui", settings(fake.url, timeout=0.2)).check()
     assert r.error_kind == "timeout" and "no answer from" in r.error
+
+
+def test_another_app_on_comfyuis_port():
+    from tests.fakes.gradio import FakeGradio
+
+    with FakeGradio("wan2gp") as fake:
+        r = ComfyUIProbe("comfyui", settings(fake.url)).check()
+    assert r.error_kind == "wrong_service" and r.reachable and "is not ComfyUI" in r.error
