@@ -57,6 +57,26 @@ def _bar(layout, frac, text, level="none"):
     row.label(text=text)
 
 
+def _chars(context) -> int:
+    """About how many characters fit on a line of this region (for wrapping long texts)."""
+    scale = context.preferences.system.ui_scale
+    return max(16, int(context.region.width / (7.0 * scale)) - 4)
+
+
+def _narrow(context) -> bool:
+    return context.region.width < 420 * context.preferences.system.ui_scale
+
+
+def _wrapped(layout, text, chars, icon="NONE"):
+    """Blender labels do not wrap: split long texts (errors, reasons) over several lines."""
+    import textwrap
+
+    col = layout.column(align=True)
+    for k, line in enumerate(textwrap.wrap(text, chars) or [""]):
+        col.label(text=line, icon=_i(icon) if k == 0 and icon != "NONE" else "NONE")
+    return col
+
+
 def _picture(layout, icons, scale):
     """A chart: its square tiles side by side."""
     row = layout.row(align=True)
@@ -93,7 +113,7 @@ class ConnectionStatus:
         sub.enabled = state.online
         sub.operator("movie_director.refresh", text="", icon=_i("FILE_REFRESH")).service = ""
         if state.overall_reason and state.overall not in ("GREEN", "OFFLINE"):
-            layout.label(text=state.overall_reason)
+            _wrapped(layout, state.overall_reason, _chars(context))
 
         if not state.online:
             box = layout.box()
@@ -110,7 +130,7 @@ class ConnectionStatus:
         now = time.time()
         traced = {}
         for item in state.services:
-            self.draw_service(layout, item, records.get(item.name), now)
+            self.draw_service(context, layout, item, records.get(item.name), now)
             traced[item.name] = item.state
         self.draw_llm(layout, state, records.get(view.LLM))
 
@@ -120,24 +140,35 @@ class ConnectionStatus:
         elif state.online:
             footer.label(text="Monitor running outside Blender", icon=_i("LINKED"))
         if state.message:
-            layout.label(text=state.message, icon=_i("INFO"))
+            _wrapped(layout, state.message, _chars(context), "INFO")
         runtime.trace("connection_status", {"overall": state.overall, "online": state.online, "services": traced,
                                             "space": self.bl_space_type})
 
-    def draw_service(self, layout, item, record, now):
+    def draw_service(self, context, layout, item, record, now):
+        chars = _chars(context)
         box = layout.box()
-        split = box.split(factor=0.4)
-        row = split.row(align=True)
-        row.prop(item, "show_details", text="", emboss=False,
-                 icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
-        row.label(text=item.label)
         icon, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
-        right = split.row(align=True)
-        state_row = right.row(align=True)
-        state_row.alert = item.state in ("disconnected", "error") or (item.required and item.state != "connected")
-        _indicator(state_row, "state", words, icon, item.name, emboss=True)
-        _indicator(right, "badge", "Required" if item.required else "Optional",
-                   "LOCKED" if item.required else "UNLOCKED", item.name, emboss=True)
+        badge = ("Required", "LOCKED") if item.required else ("Optional", "UNLOCKED")
+        alert = item.state in ("disconnected", "error") or (item.required and item.state != "connected")
+        if _narrow(context):  # a sidebar: name and badge icon on one line, the state below
+            row = box.row(align=True)
+            row.prop(item, "show_details", text="", emboss=False,
+                     icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
+            row.label(text=item.label)
+            _indicator(row, "badge", "", badge[1], item.name)
+            state_row = box.row(align=True)
+        else:
+            split = box.split(factor=0.4)
+            row = split.row(align=True)
+            row.prop(item, "show_details", text="", emboss=False,
+                     icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
+            row.label(text=item.label)
+            state_row = split.row(align=True)
+        sub = state_row.row(align=True)
+        sub.alert = alert
+        _indicator(sub, "state", words, icon, item.name, emboss=True)
+        if not _narrow(context):
+            _indicator(state_row, "badge", badge[0], badge[1], item.name, emboss=True)
         line = box.row()
         line.alignment = "LEFT"
         _indicator(line, "last_check", f"last check {view.ago((record or {}).get('last_check'), now)}", "TIME", item.name)
@@ -148,14 +179,16 @@ class ConnectionStatus:
             col.label(text=f"URL: {(record or {}).get('url') or view.DASH}")
             col.label(text=f"Version: {item.version or view.DASH}")
             for line_text in view.devices_lines(record) or [f"Devices: {view.DASH}"]:
-                col.label(text=line_text)
+                _wrapped(col, line_text, chars)
             col.label(text=f"Queue: {view.queue_text(record)}")
-            col.label(text=f"Resources: {view.resources_text(record)}")
+            _wrapped(col, f"Resources: {view.resources_text(record)}", chars)
             if item.error and item.state != "offline":  # an old error is not news while offline
-                err = col.row(align=True)
+                err = col.column(align=True)
                 err.alert = True
-                err.label(text=item.error, icon=_i("ERROR"))
-                err.operator("movie_director.copy_error", text="", icon=_i("COPYDOWN")).service = item.name
+                _wrapped(err, item.error, chars, "ERROR")
+                row = col.row()
+                row.alignment = "LEFT"
+                row.operator("movie_director.copy_error", text="Copy Error", icon=_i("COPYDOWN")).service = item.name
 
     def draw_llm(self, layout, state, record):
         p = runtime.prefs()
@@ -267,7 +300,7 @@ class HealthDashboard:
             col = box.column(align=True)
             col.label(text=f"Uptime ({rng}): {view.pct(view.uptime_for(record, rng), 2)}")
             col.label(text=f"Queue: {view.queue_text(record)}")
-            col.label(text=f"Resources: {view.resources_text(record)}")
+            _wrapped(col, f"Resources: {view.resources_text(record)}", _chars(context))
             trend, rate_tiles = _trend_icons(item.name, rng, service_series(item.name, rng))
             if trend:
                 box.label(text="Trend: orange p95, blue p50, dashed 500 ms; bottom strip green ok, red failed")

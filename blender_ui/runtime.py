@@ -99,6 +99,11 @@ def connect() -> str:
     import zmq
 
     RT.endpoints = endpoints_from(p)
+    remote = [ep for ep in (RT.endpoints.events, RT.endpoints.snapshots, RT.endpoints.requests)
+              if not _is_loopback(ep)]
+    if remote and not getattr(bpy.app, "online_access", True):  # 4.2+: the user's "Allow Online Access"
+        return (f"{remote[0]} is not on this computer and Blender's \"Allow Online Access\" is off "
+                "(Preferences > System > Network)")
     try:
         RT.client = deps.client.MonitorClient(RT.endpoints, history_range=RT.range, name="blender")
     except zmq.ZMQError as exc:
@@ -106,6 +111,13 @@ def connect() -> str:
         return f"Cannot use these endpoints ({exc}); check them in the add-on preferences"
     RT.written.clear()
     return ""
+
+
+def _is_loopback(endpoint: str) -> bool:
+    if not endpoint.startswith("tcp://"):
+        return True  # ipc:// and inproc:// never leave the computer
+    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def disconnect() -> None:

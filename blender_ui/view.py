@@ -30,7 +30,7 @@ STATES: dict[str, tuple[str, str, str]] = {
 
 OVERALL: dict[str, tuple[str, str]] = {
     "GREEN": ("SEQUENCE_COLOR_04", "All services up"),
-    "YELLOW": ("SEQUENCE_COLOR_03", "Optional service down or degraded"),
+    "YELLOW": ("SEQUENCE_COLOR_03", "Optional service down"),
     "RED": ("SEQUENCE_COLOR_01", "Required service down"),
     "OFFLINE": ("INTERNET_OFFLINE", "Monitor offline"),
 }

@@ -71,7 +71,7 @@ DRIVER = textwrap.dedent(r'''
             if area.type == "VIEW_3D":
                 area.type = "PROPERTIES"
                 return 0.3
-            if area.type == "PROPERTIES" and area.width > 600:
+            if area.type == "PROPERTIES":  # the wide one, and Blender's narrow one at the right
                 area.spaces.active.context = "SCENE"
         note(step="layout", dirty=bpy.data.is_dirty)
         return None
