@@ -88,6 +88,8 @@ class Aggregator:
             self.store.flush(self.engine)
         except StoreUnavailable as exc:
             self._to_memory(str(exc))
+        except Exception:  # a bug in the flush must not stop monitoring; the next flush retries
+            log.exception("writing the history failed; retrying at the next flush")
 
     def _bind(self):
         for ep in (self.endpoints.events, self.endpoints.snapshots, self.endpoints.requests):
