@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run run-probes test install bench bench-quick addon clean
+.PHONY: run run-probes test install bench bench-quick soak addon clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 ## A reduced bench for development (< 1 min); writes bench/out/quick/ only.
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
+
+## The full soak: 500 simulated services at 1 Hz for 10 minutes against a real aggregator;
+## prints the figures, fails on a missed target, and adds them to docs/reliability.md.
+soak: $(STAMP)
+	$(PY) -m bench.soak --record
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
