@@ -47,6 +47,7 @@ class Aggregator:
         self.ready = threading.Event()
         self.metrics_port = self.settings.metrics_port if metrics_port is None else metrics_port
         self.store: Store | None = None
+        self.loop_errors = 0
         self.collector = None
         self.metrics_server = None
 
@@ -141,24 +142,27 @@ class Aggregator:
                     self._serve(router, drain(router, 100, 0.05))
                 now = time.monotonic()
                 if now >= next_tick:
-                    changed |= self.engine.tick()
                     next_tick = now + TICK
+                    changed |= self._guard(self.engine.tick, set())
                 beat = now >= next_beat
                 if beat:
-                    changed = set(self.engine.services)  # everything, at least once a second
-                    self._heartbeat()
                     next_beat = now + HEARTBEAT_INTERVAL
-                for topic, body in self.engine.pop_events():
+                    changed = set(self.engine.services)  # everything, at least once a second
+                    self._guard(self._heartbeat, None)
+                for topic, body in self._guard(self.engine.pop_events, []):
                     self.publisher.send(topic, body)
-                records = {name: self.engine.record(name) for name in changed}
-                for name, record in records.items():
-                    self.publisher.send(f"snapshot.{name}", record)
+                records = {}
+                for name in changed:
+                    record = self._guard(lambda: self.engine.record(name), None)
+                    if record is not None:
+                        records[name] = record
+                        self.publisher.send(f"snapshot.{name}", record)
                 if beat and self.collector is not None:
                     self.collector.publish({"services": records, "alerts": self.engine.active_alerts(),
                                             "persistence": dict(self.engine.persistence)})
                 if now >= next_flush:
-                    self._flush()
                     next_flush = now + self.settings.flush_interval
+                    self._flush()
         finally:
             self._flush()
             if self.store is not None:
@@ -167,6 +171,16 @@ class Aggregator:
                 self.metrics_server.shutdown()
             close(events, pub, router)
             ctx.term()
+
+    def _guard(self, fn, default):
+        """Run one step of the loop; a bug in it is logged (the first few times), never fatal."""
+        try:
+            return fn()
+        except Exception:
+            self.loop_errors += 1
+            if self.loop_errors <= 5 or self.loop_errors % 1000 == 0:
+                log.exception("aggregator loop step failed (%d so far); carrying on", self.loop_errors)
+            return default
 
     def _ingest(self, frames: list[bytes]) -> set[str]:
         changed: set[str] = set()
