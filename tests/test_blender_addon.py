@@ -86,6 +86,7 @@ def test_enable_disable_twenty_times_leaves_nothing_behind():
         runtime = _enable()
         assert bpy.app.timers.is_registered(runtime.tick)
         assert hasattr(bpy.types, "MOVIE_DIRECTOR_PT_connection_status")
+        assert hasattr(bpy.types, "MOVIE_DIRECTOR_OT_refresh") and hasattr(bpy.types, "MOVIE_DIRECTOR_PG_health")
         assert runtime.RT.client is not None
         _disable()
         assert not bpy.app.timers.is_registered(runtime.tick)
@@ -93,7 +94,9 @@ def test_enable_disable_twenty_times_leaves_nothing_behind():
     for cls in panels.classes:
         assert not hasattr(bpy.types, cls.bl_idname), cls.bl_idname
     assert not hasattr(bpy.types.WindowManager, "movie_director_health")
-    assert not hasattr(bpy.ops.movie_director, "refresh") or "movie_director.refresh" not in dir(bpy.types)
+    for name in ("MOVIE_DIRECTOR_OT_refresh", "MOVIE_DIRECTOR_OT_export_metrics", "MOVIE_DIRECTOR_PG_health",
+                 "MOVIE_DIRECTOR_AP_preferences"):
+        assert not hasattr(bpy.types, name), name
     # Nothing of ours is left (other tests' background threads may only have finished meanwhile).
     after = _resources()
     assert after[0] <= threads and after[1] <= conns and after[2] <= children, (after, (threads, conns, children))
