@@ -93,9 +93,9 @@ class Store:
                 row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
                 version = int(row[0]) if row and str(row[0]).isdigit() else None
                 if version is None:
-                    return "has no schema version"
+                    return "without a schema version"  # read as "history file X is <this>"
                 if version > SCHEMA_VERSION:
-                    return f"was written by a newer version (schema {version}, this one reads {SCHEMA_VERSION})"
+                    return f"from a newer version (schema {version}, this one reads {SCHEMA_VERSION})"
             finally:
                 db.close()
         except sqlite3.DatabaseError as exc:
