@@ -73,6 +73,11 @@ def item(name):
     return state().services.get(name)
 
 
+def _addon_classes():
+    from blender_ui import operators, panels, prefs, props
+    return [cls for mod in (props, prefs, operators, panels) for cls in mod.classes]
+
+
 def _resources():
     me = psutil.Process()
     return me.num_threads(), len(me.net_connections(kind="tcp")), len(me.children(recursive=True))
@@ -86,7 +91,7 @@ def test_enable_disable_twenty_times_leaves_nothing_behind():
         runtime = _enable()
         assert bpy.app.timers.is_registered(runtime.tick)
         assert hasattr(bpy.types, "MOVIE_DIRECTOR_PT_connection_status")
-        assert hasattr(bpy.types, "MOVIE_DIRECTOR_OT_refresh") and hasattr(bpy.types, "MOVIE_DIRECTOR_PG_health")
+        assert all(cls.is_registered for cls in _addon_classes())
         assert runtime.RT.client is not None
         _disable()
         assert not bpy.app.timers.is_registered(runtime.tick)
@@ -94,9 +99,7 @@ def test_enable_disable_twenty_times_leaves_nothing_behind():
     for cls in panels.classes:
         assert not hasattr(bpy.types, cls.bl_idname), cls.bl_idname
     assert not hasattr(bpy.types.WindowManager, "movie_director_health")
-    for name in ("MOVIE_DIRECTOR_OT_refresh", "MOVIE_DIRECTOR_OT_export_metrics", "MOVIE_DIRECTOR_PG_health",
-                 "MOVIE_DIRECTOR_AP_preferences"):
-        assert not hasattr(bpy.types, name), name
+    assert not any(cls.is_registered for cls in _addon_classes())
     # Nothing of ours is left (other tests' background threads may only have finished meanwhile).
     after = _resources()
     assert after[0] <= threads and after[1] <= conns and after[2] <= children, (after, (threads, conns, children))
