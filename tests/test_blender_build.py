@@ -92,21 +92,34 @@ def test_every_platform_zip_has_every_wheel_it_needs(dist):
             assert "build.py" not in names and not any("__pycache__" in n for n in names)
 
 
-def test_extension_installs_and_enables_in_blender_5(dist, tmp_path):
+def test_extension_installs_enables_and_runs_its_monitor_in_blender_5(dist, tmp_path, endpoints):
     """Install the linux zip as an extension into a throw-away user folder, in a fresh
-    process (bpy reads its user folders at import)."""
+    process (bpy reads its user folders at import); then "Start Local Monitor" runs the
+    aggregator and probes copied into the extension, and disabling stops them."""
     script = tmp_path / "install.py"
     script.write_text(f"""
-import json, sys, bpy, addon_utils
+import json, sys, time, bpy, addon_utils, psutil
 zip_path = {str(next(dist.glob('*-linux_x64.zip')))!r}
 bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
-mod = sys.modules.get("bl_ext.user_default.movie_director_health")
+name = "bl_ext.user_default.movie_director_health"
+mod = sys.modules.get(name)
 from bl_ext.user_default.movie_director_health import deps, runtime
-import zmq
-print("RESULT", json.dumps({{"enabled": mod is not None, "bus": deps.BUS_PACKAGE, "missing": deps.MISSING,
-      "panel": hasattr(bpy.types, "MOVIE_DIRECTOR_PT_connection_status"),
-      "timer": bpy.app.timers.is_registered(runtime.tick), "zmq": zmq.__file__,
-      "backend": str(deps.BACKEND_ROOT)}}))
+got = {{"enabled": mod is not None, "bus": deps.BUS_PACKAGE, "missing": deps.MISSING,
+       "panel": hasattr(bpy.types, "MOVIE_DIRECTOR_PT_connection_status"),
+       "timer": bpy.app.timers.is_registered(runtime.tick), "backend": str(deps.BACKEND_ROOT)}}
+p = bpy.context.preferences.addons[name].preferences
+p.events, p.snapshots, p.requests = {endpoints.events!r}, {endpoints.snapshots!r}, {endpoints.requests!r}
+got["start"] = list(bpy.ops.movie_director.start_monitor())
+children = [psutil.Process(c.pid) for c in runtime.RT.children.values()]
+got["children_cwd"] = [c.cwd() for c in children]
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and not (runtime.RT.client.online and runtime.RT.client.has_snapshot):
+    runtime.tick()
+    time.sleep(0.05)
+got["online"] = runtime.RT.client.online
+bpy.ops.preferences.addon_disable(module=name)
+got["left"] = [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+print("RESULT", json.dumps(got))
 """)
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user")}
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
@@ -117,7 +130,9 @@ print("RESULT", json.dumps({{"enabled": mod is not None, "bus": deps.BUS_PACKAGE
     assert got["enabled"] and got["panel"] and got["timer"] and not got["missing"]
     assert got["bus"] == "bl_ext.user_default.movie_director_health.bus"  # the bundled copy, not the repo's
     assert str(tmp_path / "user") in got["backend"]
-    assert (Path(got["backend"]) / "aggregator" / "__main__.py").exists()
+    assert got["start"] == ["FINISHED"] and got["children_cwd"] == [got["backend"]] * 2
+    assert got["online"], "the aggregator started from the extension never answered"
+    assert got["left"] == []
 
 
 @pytest.mark.skipif(not shutil.which("blender"), reason="needs Debian's blender (.ci/run installs it)")
