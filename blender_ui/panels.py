@@ -45,16 +45,16 @@ def _indicator(layout, kind, text, icon, service="", tip="", emboss=False):
     return op
 
 
-def _bar(layout, frac, text, level="none"):
+def _bar(layout, frac, text, level="none", tip=""):
     """A ten-cell bar of coloured squares (colour from the threshold level) and its value in
-    words. Built from icons, so it looks the same in Blender 3.4 and 5.0."""
+    words, whose tooltip explains it. Built from icons: the same in Blender 3.4 and 5.0."""
     row = layout.row(align=True)
     row.alignment = "LEFT"
     filled = max(1 if level != "none" else 0, round(view.fraction(frac) * 10))
     colour = view.LEVEL_ICON[level] if level != "none" else "SEQUENCE_COLOR_09"
     for cell in range(10):
         row.label(text="", icon=_i(colour if cell < filled else "SEQUENCE_COLOR_09"))
-    row.label(text=text)
+    _indicator(row, "metric", text, "NONE", tip=tip or text)
 
 
 def _chars(context) -> int:
@@ -293,12 +293,20 @@ class HealthDashboard:
             box.label(text=f"{item.label} · {words}", icon=_i(icon))
             p95 = stats.get("p95_ms")
             lvl = view.level(p95)
-            _bar(box, (p95 or 0) / view.SLOW_MS, f"avg {view.ms(stats.get('avg_ms'))} · p95 {view.ms(p95)}", lvl)
+            _bar(box, (p95 or 0) / view.SLOW_MS, f"avg {view.ms(stats.get('avg_ms'))} · p95 {view.ms(p95)}", lvl,
+                 f"Response time over {rng}: average and 95th percentile ({view.count(stats.get('count'))} "
+                 f"requests). Green under {view.ms(view.FAST_MS)}, yellow under {view.ms(view.SLOW_MS)}, red above; "
+                 f"the bar is full at {view.ms(view.SLOW_MS)}")
             rate = stats.get("success_rate")
             _bar(box, rate or 0.0, f"success {view.pct(rate)}",
-                 "none" if rate is None else ("good" if rate >= 0.99 else "warn" if rate >= 0.9 else "bad"))
+                 "none" if rate is None else ("good" if rate >= 0.99 else "warn" if rate >= 0.9 else "bad"),
+                 f"Share of checks that succeeded over {rng}. Green from 99 %, yellow from 90 %, red below")
             col = box.column(align=True)
-            col.label(text=f"Uptime ({rng}): {view.pct(view.uptime_for(record, rng), 2)}")
+            up = col.row()
+            up.alignment = "LEFT"
+            _indicator(up, "metric", f"Uptime ({rng}): {view.pct(view.uptime_for(record, rng), 2)}", "NONE",
+                       tip=f"Share of the last {rng} the service was connected; time its probe was silent "
+                           "counts as unknown, not as up")
             col.label(text=f"Queue: {view.queue_text(record)}")
             _wrapped(col, f"Resources: {view.resources_text(record)}", _chars(context))
             trend, rate_tiles = _trend_icons(item.name, rng, service_series(item.name, rng))

@@ -4,7 +4,8 @@ The test writes a driver script that Blender runs at start-up. The driver enable
 add-on, starts the local monitor with the add-on's own Start operator against fake
 backends, and waits for the states the test controls, each seen through the add-on's
 draw-time trace (what the panels really drew): ComfyUI up and Wan2GP down (yellow), then
-ComfyUI killed (red), then the monitor stopped ("Monitor offline"). It screenshots each
+ComfyUI killed (red), then the monitor stopped ("Monitor offline"); finally it starts the
+monitor again and quits Blender, which must stop it. It screenshots each
 state (MD_HEALTH_SCREENSHOTS=1 copies them into docs/screenshots/). Here the timer really
 fires, as it does for the artist.
 """
@@ -17,8 +18,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.fakes.base import free_port
@@ -99,6 +102,9 @@ DRIVER = textwrap.dedent(r'''
         ("stop", lambda: True, lambda: note(step="stop-op", ops=list(bpy.ops.movie_director.stop_monitor()))),
         ("offline", lambda: state.overall == "OFFLINE", lambda: None),
         ("drawn-offline", lambda: time.time() > T["since"] + 1.5, lambda: shot("blender-monitor-offline.png")),
+        # Start it again and quit Blender without disabling anything: the children must stop.
+        ("restart", lambda: True, lambda: note(step="restart-op", ops=list(bpy.ops.movie_director.start_monitor()))),
+        ("online-again", lambda: state.online and svc("wan2gp") is not None, lambda: None),
     ]
     T = {"since": time.time(), "deadline": time.time() + float(os.environ["MD_TEST_TIMEOUT"])}
 
@@ -124,12 +130,10 @@ DRIVER = textwrap.dedent(r'''
 
     def finish():
         try:
-            note(step="finish", dirty=bpy.data.is_dirty, timer=bpy.app.timers.is_registered(runtime.tick))
-            addon_utils.disable("blender_ui", default_set=True)
-            note(step="disabled", children=len(runtime.RT.children),
-                 timer=bpy.app.timers.is_registered(runtime.tick))
+            note(step="finish", dirty=bpy.data.is_dirty, timer=bpy.app.timers.is_registered(runtime.tick),
+                 children=[p.pid for p in runtime.RT.children.values()])
         finally:
-            bpy.app.timers.register(quit_now, first_interval=0.1)
+            bpy.app.timers.register(quit_now, first_interval=0.1)  # quit with the add-on enabled
         return None
 
     bpy.app.timers.register(layout, first_interval=0.2)
@@ -183,7 +187,14 @@ def test_panels_in_a_real_blender_window(tmp_path):
     steps = {s["step"]: s for s in results["steps"]}
     assert steps["start-op"]["ops"] == ["FINISHED"]
     assert steps["finish"]["timer"] is True  # the timer kept running all along
-    assert steps["disabled"]["children"] == 0 and steps["disabled"]["timer"] is False
+    assert steps["restart-op"]["ops"] == ["FINISHED"] and len(steps["finish"]["children"]) == 2
+    # Quitting Blender stopped the monitor it had started.
+    deadline = time.monotonic() + 15
+    left = steps["finish"]["children"]
+    while left and time.monotonic() < deadline:
+        left = [pid for pid in left if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.1)
+    assert not left, f"still running after Blender quit: {left}"
 
     # What the panels drew, per state the test set up.
     drawn = [json.loads(line) for line in trace.read_text().splitlines()]
