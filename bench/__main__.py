@@ -110,13 +110,19 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"bench: {number:>2} {title} ...", end=" ", flush=True)
         t0 = time.perf_counter()
-        try:
-            fig = measure(mode)
-        except NotBuilt as exc:
-            fig = Figure(key, number, title, status="not_built", reason=str(exc))
-        except Exception as exc:  # one broken figure must not cost the others
-            fig = Figure(key, number, title, status="error", reason=f"{type(exc).__name__}: {exc}"[:300])
-            traceback.print_exc()
+        fig = None
+        for attempt in (1, 2):  # one retry: on a shared machine a neighbour may kill or starve a child
+            try:
+                fig = measure(mode)
+                break
+            except NotBuilt as exc:
+                fig = Figure(key, number, title, status="not_built", reason=str(exc))
+                break
+            except Exception as exc:  # one broken figure must not cost the others
+                fig = Figure(key, number, title, status="error", reason=f"{type(exc).__name__}: {exc}"[:300])
+                traceback.print_exc()
+                if attempt == 1:
+                    print(f"bench: {key} failed; retrying once ...", end=" ", flush=True)
         durations[key] = round(time.perf_counter() - t0, 1)
         print(f"{durations[key]:.0f} s: {report._result_text(fig)}", flush=True)
         figures.append(fig)

@@ -30,15 +30,15 @@ def write_json(path: Path, meta: dict, figures: list[Figure]) -> None:
 def _baseline_text(f: Figure) -> str:
     if not f.baseline:
         return "—"
-    name, stat = next(iter(f.baseline.items()))
-    return f"{name.replace('_', ' ')}: {cell(stat)}"
+    return "; ".join(f"{name.replace('_', ' ')} {fmt(stat['median'], stat.get('unit', ''))}"
+                     for name, stat in f.baseline.items())
 
 
 def _result_text(f: Figure) -> str:
     if f.status == "not_built":
         return f"skipped: not built yet ({f.reason})"
     if f.status == "error":
-        return f"failed: {f.reason}"
+        return "failed: " + " ".join(f.reason.split())[:160]
     return f.verdict
 
 
@@ -66,8 +66,6 @@ def table(figures: list[Figure]) -> str:
 def readme_section(meta: dict, figures: list[Figure], plots: list[str]) -> str:
     """Markdown for README.md between the bench markers (generated: do not edit by hand)."""
     out = [
-        "## Performance",
-        "",
         f"Measured by `make bench` on {meta['when']} ({meta['machine']}); generated, do not edit by hand. "
         "Each figure is the median of the measured runs (min–max and run count in "
         "[`bench/results.json`](bench/results.json)); ratios are against a baseline measured in the same run. "
@@ -77,7 +75,8 @@ def readme_section(meta: dict, figures: list[Figure], plots: list[str]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for f in figures:
-        out.append(f"| {f.number} | {f.title} | {_result_text(f)} | {_baseline_text(f) if f.status == 'ok' else '—'} "
+        out.append(f"| {f.number} | {f.title} | {_result_text(f).replace('|', '/')} | "
+                   f"{_baseline_text(f) if f.status == 'ok' else '—'} "
                    f"| {f.target} | {MET[f.met]} |")
     out += ["", "How each was measured:", ""]
     for f in figures:
