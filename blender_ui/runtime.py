@@ -106,7 +106,7 @@ def connect() -> str:
                 "(Preferences > System > Network)")
     try:
         RT.client = deps.client.MonitorClient(RT.endpoints, history_range=RT.range, name="blender")
-    except zmq.ZMQError as exc:
+    except (zmq.ZMQError, ValueError, OSError) as exc:  # a mistyped endpoint, or a refused one
         RT.client = None
         return f"Cannot use these endpoints ({exc}); check them in the add-on preferences"
     RT.written.clear()

@@ -280,6 +280,17 @@ def test_export_and_refresh_refuse_cleanly_when_offline(addon, tmp_path):
     assert bpy.ops.movie_director.copy_error(service="comfyui") == {"CANCELLED"}
 
 
+def test_a_mistyped_endpoint_is_reported_not_raised(addon, endpoints):
+    runtime = addon
+    prefs().snapshots = "tcp://127.0.0.1:notaport"
+    assert runtime.RT.client is None
+    assert "Cannot use these endpoints" in state().message
+    assert runtime.tick() == pytest.approx(prefs().interval)  # the timer keeps going, quietly
+    assert bpy.ops.movie_director.refresh() == {"CANCELLED"}
+    use_endpoints(endpoints)  # fixed: connected again
+    assert runtime.RT.client is not None
+
+
 def test_local_monitor_start_stop_and_disable_stop_only_our_children(endpoints, procs, monkeypatch):
     with FakeComfyUI() as fake:
         monkeypatch.setenv("MD_HEALTH_COMFYUI_URL", fake.url)
