@@ -91,7 +91,8 @@ class MonitorClient:
     def poll(self, max_messages: int = 500, max_seconds: float = 0.002, timeout_ms: int = 0) -> bool:
         """Handle what is waiting, within a budget. Returns True if visible state changed."""
         changed = False
-        if timeout_ms and not self._poller.poll(timeout_ms):
+        # One zero-timeout poll when idle, rather than a recv attempt on each socket.
+        if not self._poller.poll(timeout_ms):
             return self._check_liveness()
         for frame in drain(self.dealer, max_messages, max_seconds):
             changed |= self._on_frame(frame, reply=True)
