@@ -160,7 +160,6 @@ def test_panels_in_a_real_blender_window(tmp_path):
         interval = 0.5
         [services.wan2gp]
         url = "http://127.0.0.1:{free_port()}"
-        flavour = "comfyui"
         required = false
         interval = 0.5
     """))
