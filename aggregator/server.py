@@ -11,11 +11,13 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from typing import Any
 
+import msgpack
 import zmq
 
-from bus.protocol import Publisher, Rejection, RejectCounter, decode, encode
+from bus.protocol import SCHEMA_VERSION, SEPARATOR, Publisher, Rejection, RejectCounter, decode, encode
 from bus.sockets import Endpoints, close, drain, endpoint_in_use, new_context, pub_socket, router_socket, sub_socket
 
 from . import export as exporter
@@ -28,10 +30,23 @@ log = logging.getLogger("aggregator")
 HEARTBEAT_INTERVAL = 1.0
 TICK = 0.1  # how often probe liveness is re-evaluated
 DRAIN_BUDGET = (5000, 0.05)  # events and seconds per loop turn, so requests are never starved
+SERVE_BUDGET = 0.02  # seconds of request handling per loop turn, so events are never starved either
+MAX_PENDING = 10_000  # requests queued beyond this are dropped (the oldest first)
+SNAPSHOT_REUSE = 0.5  # seconds a built snapshot reply may serve further requests (Clone-consistent:
+                      # it carries the seq it was built at, and clients apply newer updates on top)
 
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+def encode_raw_body(topic: str, src: str, seq: int, packed_body: bytes) -> bytes:
+    """bus.protocol.encode() for a body that is already msgpack bytes (the cached snapshot):
+    the envelope map is written by hand around it, byte for byte what encode() writes."""
+    pack = msgpack.packb
+    head = b"".join(pack(x, use_bin_type=True) for x in ("v", SCHEMA_VERSION, "src", src, "seq", seq,
+                                                          "ts", time.time(), "body"))
+    return topic.encode("ascii") + SEPARATOR + b"\x85" + head + packed_body
 
 
 class Aggregator:
@@ -47,6 +62,8 @@ class Aggregator:
         self.ready = threading.Event()
         self.metrics_port = self.settings.metrics_port if metrics_port is None else metrics_port
         self.store: Store | None = None
+        self._pending: deque[list[bytes]] = deque()  # requests waiting for their turn
+        self._snapshots: dict[str, tuple[float, bytes]] = {}  # range -> (built at, packed reply part)
         self.loop_errors = 0
         self.collector = None
         self.metrics_server = None
@@ -134,12 +151,16 @@ class Aggregator:
         try:
             while not self.stop.is_set():
                 timeout = max(0.0, min(next_tick, next_beat) - time.monotonic())
-                ready = dict(poller.poll(min(timeout, 0.2) * 1000))
+                ready = dict(poller.poll(0 if self._pending else min(timeout, 0.2) * 1000))
                 changed: set[str] = set()
                 if events in ready:
                     changed |= self._ingest(drain(events, *DRAIN_BUDGET))
                 if router in ready:
-                    self._serve(router, drain(router, 100, 0.05))
+                    self._pending.extend(drain(router, 1000, 0.01))
+                    while len(self._pending) > MAX_PENDING:  # a flood: the oldest go unanswered
+                        self._pending.popleft()
+                if self._pending:
+                    self._serve(router)
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK
@@ -208,8 +229,10 @@ class Aggregator:
             "persistence": dict(self.engine.persistence)})
 
     # -- requests ---------------------------------------------------------------------
-    def _serve(self, router, requests: list[list[bytes]]) -> None:
-        for frames in requests:
+    def _serve(self, router) -> None:
+        deadline = time.monotonic() + SERVE_BUDGET
+        while self._pending and time.monotonic() < deadline:
+            frames = self._pending.popleft()
             if len(frames) != 2:
                 continue
             identity, frame = frames
@@ -220,16 +243,41 @@ class Aggregator:
                 continue
             op = msg.topic.split(".", 1)[1] if "." in msg.topic else ""
             try:
-                body = self.handle(op, msg.body)
+                if op == "snapshot":
+                    reply = self._snapshot_frame(str(msg.body.get("range", "5m")), msg.body.get("id"))
+                else:
+                    body = self.handle(op, msg.body)
+                    body.setdefault("id", msg.body.get("id"))
+                    reply = encode(f"reply.{op or 'error'}", "aggregator", self.publisher.seq, body)
             except Exception as exc:  # a bad request must never take the aggregator down
                 log.exception("request %s failed", op)
-                body = {"ok": False, "error": f"{op} failed: {exc.__class__.__name__}"}
-            body.setdefault("id", msg.body.get("id"))
+                reply = encode(f"reply.{op or 'error'}", "aggregator", self.publisher.seq,
+                               {"ok": False, "error": f"{op} failed: {exc.__class__.__name__}",
+                                "id": msg.body.get("id")})
             try:
-                router.send_multipart([identity, encode(f"reply.{op or 'error'}", "aggregator",
-                                                        self.publisher.seq, body)], zmq.NOBLOCK)
+                router.send_multipart([identity, reply], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the client went away or is not reading; never block on it
+
+    def _snapshot_frame(self, history_range: str, rid: Any) -> bytes:
+        """`reply.snapshot` {ok, seq, state, id}: the state (with history, up to a few MB for
+        hundreds of services) is built and packed once per range and reused for half a
+        second, so a burst of late joiners costs one build, not one each."""
+        now = time.monotonic()
+        hit = self._snapshots.get(history_range)
+        if hit is None or now - hit[0] > SNAPSHOT_REUSE:
+            body = self.handle("snapshot", {"range": history_range})
+            packed = msgpack.packb({"ok": True, "seq": body["seq"], "state": body["state"]}, use_bin_type=True)
+            hit = self._snapshots[history_range] = (now, packed)
+            if len(self._snapshots) > 8:  # ranges are few; an odd one must not pile up
+                self._snapshots = {history_range: hit}
+        # The cached map {ok, seq, state} plus the request's id: bump the map's entry count
+        # (fixmap 0x83 -> 0x84) and append the id pair. Same bytes encode() would produce.
+        packed = hit[1]
+        if packed[0] != 0x83:  # cannot happen: a 3-entry map always packs as fixmap 0x83
+            raise ValueError("unexpected snapshot packing")
+        body = b"\x84" + packed[1:] + msgpack.packb("id", use_bin_type=True) + msgpack.packb(rid, use_bin_type=True)
+        return encode_raw_body("reply.snapshot", "aggregator", self.publisher.seq, body)
 
     def handle(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         if op == "snapshot":

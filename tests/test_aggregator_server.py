@@ -1,0 +1,63 @@
+"""The aggregator shell: cached snapshot replies decode exactly, and a flood of requests
+from a client that never reads does not hold back events for everyone else."""
+from __future__ import annotations
+
+import threading
+import time
+
+import zmq
+
+from aggregator.server import Aggregator
+from bus.protocol import MAX_REPLY_BYTES, Publisher, decode, encode
+from bus.sockets import close, dealer_socket, new_context, pub_socket
+from tests.conftest import wait_for
+
+
+def test_snapshot_replies_decode_and_a_request_flood_does_not_starve_events(endpoints, client):
+    stop = threading.Event()
+    agg = Aggregator(endpoints, stop=stop)
+    thread = threading.Thread(target=agg.run, daemon=True)
+    thread.start()
+    ctx = new_context()
+    pub = Publisher(pub_socket(ctx, endpoints.events), "probe.f")
+    deaf = ctx.socket(zmq.DEALER)
+    deaf.sndhwm = 0  # queue every request: the flood must really reach the aggregator
+    deaf.linger = 0
+    deaf.connect(endpoints.requests)
+    asker = dealer_socket(ctx, endpoints.requests)
+    try:
+        def many():  # many services, so every snapshot reply is big
+            for i in range(200):
+                pub.send(f"status.s{i}", {"service": f"s{i}", "state": "connected"})
+            return len(client.services) >= 200 and client.has_snapshot
+        wait_for(many, timeout=30, client=client, every=0.2)
+
+        # Two requests with different ids get the same cached state, each with its own id.
+        replies = {}
+        for rid in ("a", "b"):
+            asker.send(encode("request.snapshot", "t", 0, {"id": rid, "range": "5m"}))
+        deadline = time.monotonic() + 10
+        while len(replies) < 2 and time.monotonic() < deadline:
+            if asker.poll(100):
+                msg = decode(asker.recv(), max_bytes=MAX_REPLY_BYTES)
+                assert msg, msg
+                replies[msg.body["id"]] = msg.body
+        assert set(replies) == {"a", "b"}
+        for body in replies.values():
+            assert body["ok"] is True and isinstance(body["seq"], int)
+            assert len(body["state"]["services"]) == 200 and body["state"]["instance"] == agg.instance
+            assert set(body) == {"ok", "seq", "state", "id"}
+
+        for i in range(3000):  # a client that asks and asks and never reads
+            deaf.send(encode("request.snapshot", "deaf", 0, {"id": f"d{i}", "range": "5m"}))
+        time.sleep(0.5)  # let the flood arrive first
+        t0 = time.monotonic()
+        pub.send("status.s1", {"service": "s1", "state": "error", "error": "flood"})
+        wait_for(lambda: client.services.get("s1", {}).get("state") == "error", timeout=10, client=client)
+        assert time.monotonic() - t0 < 2.0  # events still flow while the flood is served
+    finally:
+        stop.set()
+        thread.join(10)
+        close(pub.socket, deaf, asker)
+        ctx.term()
+    assert not thread.is_alive()
