@@ -25,6 +25,27 @@ DOC = ROOT / "docs" / "reliability.md"
 SECTIONS = ("Faults", "Bad input", "Load and soak", "Security")
 
 
+# Decisions behind the figures (part of the generator, not of any one run).
+NOTES = [
+    "How to read it:",
+    "",
+    "- **kill -9** is `Popen.kill()` / `psutil.Process.kill()`: SIGKILL on Linux and macOS,",
+    "  TerminateProcess on Windows. The victim gets no chance to say goodbye.",
+    "- **Drops are counted at the sender.** A probe publishes on an XPUB socket with",
+    "  `XPUB_NODROP`, so a full high-water mark (10,000 messages) makes `send()` fail at once",
+    "  instead of dropping silently, as a plain PUB does; `Publisher` counts each such",
+    "  failure, and the probe's heartbeat carries the count (`dropped`). Up to the high-water",
+    "  mark, messages wait in the probe's queue while the aggregator is down, and reach it",
+    "  when it comes back. The aggregator's own PUB stays lossy on purpose: a subscriber that",
+    "  reads nothing must not hold back the others.",
+    "- **Sequence numbers** per source let any subscriber find gaps too.",
+    "- **The shortened soak** shrinks the retention tiers so every ring is full after its",
+    "  warm-up; RSS growth after that is a leak, not history filling up. `make soak` runs the",
+    "  full 10 minutes with the default tiers.",
+    "",
+]
+
+
 def _load() -> dict[str, Any]:
     try:
         data = json.loads(DATA.read_text(encoding="utf-8"))
@@ -44,6 +65,7 @@ def render(data: dict[str, Any]) -> str:
         "",
     ]
     rows = [r for k, r in data.items() if not k.startswith("_")]
+    lines += NOTES
     for section in SECTIONS + tuple(sorted({r["section"] for r in rows} - set(SECTIONS))):
         part = sorted((r for r in rows if r["section"] == section), key=lambda r: r["order"])
         if not part:
