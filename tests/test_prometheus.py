@@ -36,9 +36,12 @@ def test_metrics_endpoint_passes_promtool(endpoints, procs, client):
             pub.send("status.llm", {"service": "llm", "state": "connected",
                                     "details": {"providers": {"openai": {"state": "valid"}}}})
             usage.report("gpt-4o", 100, 20, 900.0, provider="openai")
-            return "llm" in client.services and client.services["llm"].get("usage", {}).get("total_tokens")
+            return (client.services.get("comfyui", {}).get("state") == "connected"
+                    and client.services.get("llm", {}).get("usage", {}).get("total_tokens"))
         wait_for(fed, timeout=20, client=client, every=0.2)
-        text = wait_for(lambda: (t := _try_scrape(port)) and "md_health_llm_tokens_total{" in t and t, timeout=15)
+        # The endpoint serves what the aggregator handed it at its last heartbeat (once a second).
+        text = wait_for(lambda: (t := _try_scrape(port)) and "md_health_llm_tokens_total{" in t
+                        and 'md_health_probe_success{service="comfyui"}' in t and t, timeout=15)
         assert 'md_health_probe_success{service="comfyui"} 1.0' in text
         assert 'md_health_probe_duration_seconds{quantile="0.95",service="comfyui",window="5m"}' in text
         assert 'md_health_uptime_ratio{service="comfyui",window="24h"}' in text
