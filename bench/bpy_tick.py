@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 
@@ -154,13 +155,17 @@ def main() -> None:
     result["update_ms"] = update_latency(runtime, args.events, args.updates)
 
     flood_snapshots = f"tcp://127.0.0.1:{free_port()}"
-    flood = spawn([py, "-m", "bench.loadgen", "flood", "--snapshots", flood_snapshots, "--rate", "10000"])
+    flood = spawn([py, "-m", "bench.loadgen", "flood", "--snapshots", flood_snapshots, "--rate", "10000"],
+                  stdout=subprocess.PIPE, text=True)
     try:
         _use(runtime, args.events, flood_snapshots, f"tcp://127.0.0.1:{free_port()}")
         _tick_until(runtime, lambda: runtime.RT.client.online, 20)
         result["flood"] = timed_ticks(runtime, args.ticks)
     finally:
         stop_child(flood)
+    words = (flood.stdout.read() if flood.stdout else "").split()
+    if len(words) >= 4 and words[0] == "sent":
+        result["flood_rate"] = int(words[1]) / float(words[3])
     addon_utils.disable(ADDON, default_set=True, handle_error=None)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f)
