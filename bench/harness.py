@@ -42,9 +42,9 @@ MODES = {
                  snapshot_services=(1, 10, 100, 1000), quantile_samples=20_000, footprint_seconds=60.0,
                  footprint_warmup=5.0, blender_ticks=600, blender_updates=120),
     # `make bench-quick`: same figures, smaller, under a minute.
-    "quick": Mode("quick", runs=5, warmup=1, ingest_events=20_000, latency_samples=40, detection_runs=3,
+    "quick": Mode("quick", runs=5, warmup=1, ingest_events=20_000, latency_samples=30, detection_runs=2,
                   detection_interval=0.5, store_services=(5, 50), store_hours=1.0,
-                  snapshot_services=(1, 10, 100), quantile_samples=3_000, footprint_seconds=8.0,
+                  snapshot_services=(1, 10, 100), quantile_samples=3_000, footprint_seconds=6.0,
                   footprint_warmup=1.0, blender_ticks=60, blender_updates=30),
     # The smoke test's mode: proves every code path still runs, measures nothing worth quoting.
     "tiny": Mode("tiny", runs=2, warmup=0, ingest_events=2_000, latency_samples=5, detection_runs=1,
