@@ -20,12 +20,12 @@ from tests.fakes.base import free_port
 DOWN = ("disconnected", "error")
 
 
-def _backends() -> list[tuple[str, str, tuple[str, ...]]]:
-    """(service, fake module, fake args): ComfyUI (held WebSocket once issue 3 landed) and
-    Wan2GP, standing for the polled Gradio backends; each only if its fake and probe exist."""
+def _backends(names: tuple[str, ...]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(service, fake module, fake args): ComfyUI (held WebSocket) and the polled Gradio
+    backends the mode asks for; each only if its fake and probe exist."""
     services = load_config(text="").services
     out = []
-    for name in ("comfyui", "wan2gp"):
+    for name in names:
         found = fake_for(services[name]) if name in services else None
         if found:
             out.append((name, found[0], found[1]))
@@ -92,7 +92,7 @@ def _detect(mode: Mode, service: str, module: str, fake_args: tuple[str, ...]) -
 def measure_detection(mode: Mode) -> Figure:
     fig = Figure("detection", 3, "Detection: backend killed → snapshot shows it down",
                  target="ComfyUI (WebSocket) < 0.5 s; polled backends ≤ interval + timeout")
-    backends = _backends()
+    backends = _backends(mode.detection_backends)
     if not backends:
         raise NotBuilt("no probe with a fake backend")
     verdicts, met = [], True

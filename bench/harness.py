@@ -25,6 +25,7 @@ class Mode:
     latency_samples: int  # round trips per latency run
     detection_runs: int
     detection_interval: float | None  # None: the probe's default interval (what users get)
+    detection_backends: tuple[str, ...]
     store_services: tuple[int, ...]
     store_hours: float  # how much history fills the metric store
     snapshot_services: tuple[int, ...]
@@ -38,17 +39,20 @@ class Mode:
 MODES = {
     # `make bench`: every figure at full size, under 10 minutes on 2 cores.
     "full": Mode("full", runs=5, warmup=1, ingest_events=100_000, latency_samples=200, detection_runs=5,
-                 detection_interval=None, store_services=(5, 50, 500), store_hours=24.0,
+                 detection_interval=None, detection_backends=("comfyui", "wan2gp", "rvc", "audioldm"),
+                 store_services=(5, 50, 500), store_hours=24.0,
                  snapshot_services=(1, 10, 100, 1000), quantile_samples=20_000, footprint_seconds=60.0,
                  footprint_warmup=5.0, blender_ticks=600, blender_updates=120),
     # `make bench-quick`: same figures, smaller, under a minute.
     "quick": Mode("quick", runs=5, warmup=1, ingest_events=20_000, latency_samples=30, detection_runs=2,
-                  detection_interval=0.5, store_services=(5, 50), store_hours=1.0,
+                  detection_interval=0.5, detection_backends=("comfyui", "wan2gp"),
+                  store_services=(5, 50), store_hours=1.0,
                   snapshot_services=(1, 10, 100), quantile_samples=3_000, footprint_seconds=6.0,
                   footprint_warmup=1.0, blender_ticks=60, blender_updates=30),
     # The smoke test's mode: proves every code path still runs, measures nothing worth quoting.
     "tiny": Mode("tiny", runs=2, warmup=0, ingest_events=2_000, latency_samples=5, detection_runs=1,
-                 detection_interval=0.5, store_services=(2, 4), store_hours=0.1,
+                 detection_interval=0.5, detection_backends=("comfyui", "wan2gp"),
+                 store_services=(2, 4), store_hours=0.1,
                  snapshot_services=(1, 4), quantile_samples=500, footprint_seconds=2.0,
                  footprint_warmup=0.5, blender_ticks=12, blender_updates=4),
 }
