@@ -95,3 +95,67 @@ def test_timer_without_and_after_losing_the_aggregator(runtime, endpoints, procs
                              f"live again {recovered:.2f} s after the restart bound its sockets",
                     offline_median_us=round(off_med * 1000), online_median_us=round(on_med * 1000),
                     recovered_s=round(recovered, 3))
+
+
+OTHER_MACHINE = r'''
+import sys, time
+import bpy, addon_utils
+sys.path.insert(0, sys.argv[-1])
+addon_utils.enable("blender_ui", default_set=True, handle_error=None)
+from blender_ui import runtime
+p = bpy.context.preferences.addons["blender_ui"].preferences
+p.events, p.snapshots, p.requests = sys.argv[-5:-2]
+wm = bpy.context.window_manager
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    runtime.tick()
+    s = wm.movie_director_health.services.get("comfyui")
+    if wm.movie_director_health.online and s and s.state == "connected":
+        break
+    time.sleep(0.05)
+else:
+    sys.exit("the other machine never saw comfyui connected")
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-2], compress=False)
+print("saved while online")
+'''
+
+
+def test_blend_saved_on_another_machine_comes_up_clean(runtime, endpoints, procs, tmp_path, measured):
+    """Another machine (another process, other endpoints, a live aggregator) saves a .blend
+    with the add-on running; here, with no aggregator, opening it comes up clean."""
+    import subprocess
+    import sys
+
+    from bus.sockets import Endpoints
+    from tests.conftest import ROOT
+    from tests.fakes.base import free_port
+
+    theirs = Endpoints.on_ports(free_port(), free_port(), free_port())
+    blend = tmp_path / "from-another-machine.blend"
+    with FakeComfyUI() as fake:
+        env = {"MD_HEALTH_EVENTS": theirs.events, "MD_HEALTH_SNAPSHOTS": theirs.snapshots,
+               "MD_HEALTH_REQUESTS": theirs.requests}
+        procs.aggregator(env=env)
+        procs.probe("comfyui", "--url", fake.url, "--interval", "0.5", env=env)
+        script = tmp_path / "other_machine.py"
+        script.write_text(OTHER_MACHINE)
+        out = subprocess.run([sys.executable, str(script), theirs.events, theirs.snapshots, theirs.requests,
+                              str(blend), str(ROOT)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        assert out.returncode == 0 and "saved while online" in out.stdout, out.stdout + out.stderr
+    _ticks(runtime, 0.5)
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    costs = _ticks(runtime, 4.0)
+    st = _state()
+    assert bpy.app.timers.is_registered(runtime.tick)
+    assert not st.online and not runtime.RT.errors_logged
+    assert not any(s.state == "connected" for s in st.services), [(s.name, s.state) for s in st.services]
+    assert b"movie_director_health" not in blend.read_bytes()  # no runtime status travels in the file
+    p = bpy.context.preferences.addons[ADDON].preferences
+    assert p.events == endpoints.events  # this machine's settings, not the file's machine's
+    measured.record("blend_other_machine", section="Faults", order=55,
+                    case="A .blend saved on another machine (live add-on, other endpoints) opened here with no "
+                         "aggregator",
+                    required="the add-on comes up clean",
+                    measured=f"timer still registered, {len(costs)} ticks without an exception (max "
+                             f"{max(costs) * 1000:.1f} ms), shows offline with no stale 'connected' from the other "
+                             "machine; no runtime status is stored in the file; local endpoints kept")
