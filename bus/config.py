@@ -245,6 +245,10 @@ def load(path: str | Path | None = None, *, text: str | None = None) -> Config:
             cfg.warnings.append(f"{where} holds an API key and other users can read it: run `chmod 600 {where}`, "
                                 "or move the key to its environment variable")
     cfg.sections = raw
+    from .security import setup_problem  # keys named by the environment: a clear error now, not a traceback later
+
+    if problem := setup_problem():
+        raise ConfigError(problem)
     return cfg
 
 
