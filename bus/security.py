@@ -102,6 +102,27 @@ class Keys:
         return self.folder / "authorized"
 
 
+def setup_problem() -> str | None:
+    """Why the configured key folder cannot work, checked once at start-up (config load),
+    so a bad MD_HEALTH_CURVE_DIR gives a clear error instead of a traceback later."""
+    folder = curve_dir()
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        return f"CURVE key folder {folder} does not exist ({ENV_DIR} or curve/ next to the config); see docs/security.md"
+    keys = Keys(folder)
+    try:
+        keys.pair("client")  # every machine runs clients (probes, CLI, Blender)
+        keys.server_public()
+        if (folder / "server.key_secret").exists():  # the aggregator's machine
+            keys.pair("server")
+    except InsecureEndpoint as exc:
+        return str(exc)
+    except (OSError, ValueError) as exc:
+        return f"CURVE keys in {folder} cannot be read ({exc.__class__.__name__}: {exc}); see docs/security.md"
+    return None
+
+
 # One ZAP handler per context, started before the first CURVE server socket binds (without
 # a handler libzmq would accept any client that knows the server's public key).
 _handlers: dict[int, "ZapHandler"] = {}

@@ -243,3 +243,15 @@ def test_nothing_from_the_bus_is_executed_or_unpickled(measured):
                              "compile/recv_pyobj; bus frames decoded only by bus.protocol.decode (msgpack raw=False, "
                              "strict_map_key=True, no hooks; extension types refused); "
                              f"{len(unpack_sites)} msgpack decode sites in all, none with hooks")
+
+
+def test_bad_key_folder_is_a_clear_error_not_a_traceback(tmp_path, procs):
+    half = tmp_path / "half"
+    half.mkdir()
+    security._new_pair(half, "server")  # an aggregator's pair but no client key: unusable for clients
+    for folder, words in ((tmp_path / "missing", "does not exist"), (half, "client.key_secret is missing")):
+        for args in (["-m", "probes", "run", "comfyui"], ["-m", "aggregator", "run"], ["-m", "aggregator", "status"]):
+            proc = procs.start(*args, env={security.ENV_DIR: str(folder)}, name="badkeys")
+            assert _exit(proc) == 2, (args, procs.output(proc))
+            out = procs.output(proc)
+            assert words in out and "docs/security.md" in out and "Traceback" not in out, out
