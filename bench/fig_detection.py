@@ -50,7 +50,7 @@ def _wait_state(procs: Procs, client, service: str, states: tuple[str, ...], tim
 
 
 def _detect(mode: Mode, service: str, module: str, fake_args: tuple[str, ...]) -> dict:
-    rng = random.Random(3)
+    rng = random.Random(f"detect-{service}")  # a kill phase sequence of its own per backend
     port = free_port()
     interval_args = ["--interval", str(mode.detection_interval)] if mode.detection_interval else []
     with Procs(f"detect-{service}") as procs:

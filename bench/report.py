@@ -30,8 +30,16 @@ def write_json(path: Path, meta: dict, figures: list[Figure]) -> None:
 def _baseline_text(f: Figure) -> str:
     if not f.baseline:
         return "—"
-    return "; ".join(f"{name.replace('_', ' ')} {fmt(stat['median'], stat.get('unit', ''))}"
-                     for name, stat in f.baseline.items())
+    if len(f.baseline) == 1:
+        stat = next(iter(f.baseline.values()))
+        return fmt(stat["median"], stat.get("unit", ""))
+
+    def short(name: str) -> str:  # "wan2gp_interval_plus_timeout_s" -> "wan2gp interval plus timeout"
+        for suffix in ("_ms", "_s", "_per_s"):
+            name = name.removesuffix(suffix)
+        return name.replace("_", " ")
+
+    return "; ".join(f"{short(name)} {fmt(stat['median'], stat.get('unit', ''))}" for name, stat in f.baseline.items())
 
 
 def _result_text(f: Figure) -> str:
