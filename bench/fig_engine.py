@@ -196,10 +196,6 @@ def measure_memory(mode: Mode) -> Figure:
     return fig
 
 
-def statistics_median(values: list[float]) -> float:
-    return summary(values, "")["median"]
-
-
 # -- figure 7 ---------------------------------------------------------------------------
 def measure_snapshot(mode: Mode) -> Figure:
     fig = Figure("snapshot_cost", 7, "Snapshot build cost per service",
