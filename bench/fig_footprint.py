@@ -93,12 +93,16 @@ def observe(mode: Mode) -> dict:
                            "requests": (req - req0) * 60 / wall}
             windows.append({"cpu": cpu, "rss": rss, "load": load, "wall": wall})
         procs.check_alive()
-        return {"windows": windows, "startup_s": started, "seen": seen, "processes": sorted(set(names.values())), "backends": sorted(proxies),
-                "missing": sorted(n for n, f in fakes.items() if f is None)}
+        result = {"windows": windows, "startup_s": started, "seen": seen, "processes": sorted(set(names.values())),
+                  "backends": sorted(proxies), "missing": sorted(n for n, f in fakes.items() if f is None)}
+    except BaseException:
+        procs.__exit__(RuntimeError)  # stop everything, keep the logs
+        raise
     finally:
-        procs.close()
         for p in proxies.values():
             p.close()
+    procs.__exit__(None)  # stop everything; on success the scratch directory goes too
+    return result
 
 
 def measure_footprint(mode: Mode) -> Figure:

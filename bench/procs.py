@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -107,8 +108,10 @@ class Procs:
     def __enter__(self) -> "Procs":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.close()
+        if exc_type is None:  # keep logs and configs only when something went wrong
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
