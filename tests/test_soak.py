@@ -25,8 +25,9 @@ def test_short_soak_500_services(measured):
                     required=f"RSS growth after warm-up < {TARGETS['rss_growth_pct']:g} %, no dropped events, "
                              f"snapshot latency in target (p95 <= {TARGETS['snapshot_p95_ms']:g} ms)",
                     measured=f"{r['events_sent']:,} events ({r['events_per_s']:,}/s): {r['accepted']:,} accepted, "
-                             f"0 dropped, 0 rejected; RSS {r['rss_after_warmup_mib']} → {r['rss_end_mib']} MiB "
-                             f"({r['rss_growth_pct']:+.1f} %) after the {r['warmup_s']:g} s warm-up; snapshot "
+                             f"0 dropped, 0 rejected; peak RSS {r['rss_peak_first_half_mib']} → "
+                             f"{r['rss_peak_second_half_mib']} MiB ({r['rss_growth_pct']:+.1f} %), first vs. second "
+                             f"half after the {r['warmup_s']:g} s warm-up; snapshot "
                              f"round trip (all 500 services + history) p50 {r['snapshot_p50_ms']:.0f} ms, p95 "
                              f"{r['snapshot_p95_ms']:.0f} ms, max {r['snapshot_max_ms']:.0f} ms",
                     **{k: v for k, v in r.items() if isinstance(v, (int, float))})
