@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -15,7 +17,7 @@ import pytest
 
 from bus.sockets import endpoint_in_use
 from probes.registry import make_probe
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 from tests.fakes.base import FakeBackend
 from tests.fakes.comfyui import FakeComfyUI
 from tests.reliability import measured  # noqa: F401 - fixture
@@ -49,7 +51,12 @@ def test_aggregator_kill9_and_restart(endpoints, procs, client, measured):
         hits = sum(fake.hits.values())
         wait_for(lambda: not client.online, timeout=10, client=client)
         offline_after = time.monotonic() - t0
-        time.sleep(2.0)  # down for a while; the probe must carry on checking meanwhile
+        # Down for a while; the probe must carry on checking meanwhile, and the CLI says so.
+        t_cli = time.monotonic()
+        cli = subprocess.run([sys.executable, "-m", "aggregator", "status", "--wait", "1"], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT)
+        assert cli.returncode == 1 and "monitor offline" in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - t_cli)))
         hits_during = sum(fake.hits.values()) - hits
         assert probe.poll() is None and hits_during >= 2, hits_during  # it never blocked
 
@@ -73,8 +80,9 @@ def test_aggregator_kill9_and_restart(endpoints, procs, client, measured):
                     case="Aggregator killed (kill -9) and restarted",
                     required="probes never block; subscribers show offline, then recover within 2 s of the "
                              "restart; history intact, losing at most 10 s",
-                    measured=f"client showed offline {offline_after:.1f} s after the kill (offline_after 3 s); the "
-                             f"probe kept checking ({hits_during} backend requests in the 2 s outage); recovered "
+                    measured=f"client showed offline {offline_after:.1f} s after the kill (offline_after 3 s), "
+                             f"`md-health status` said \"monitor offline\" (exit 1); the probe kept checking "
+                             f"({hits_during} backend requests during the outage); recovered "
                              f"{recovered:.2f} s after the new aggregator bound its sockets; history: {len(kept)} of "
                              f"{len(before)} one-second buckets kept, last {lost_s:.1f} s before the kill lost",
                     offline_s=round(offline_after, 3), recovered_s=round(recovered, 3), lost_s=round(lost_s, 2))
