@@ -64,6 +64,8 @@ def test_timer_without_and_after_losing_the_aggregator(runtime, endpoints, procs
         assert _state().online
         online = _ticks(runtime, 3.0)
         # 2. kill -9 under a live session.
+        old_instance = runtime.RT.client.aggregator.get("instance")
+        assert old_instance
         agg.kill()
         t0 = time.monotonic()
         lost = _ticks(runtime, 15.0, until=lambda: not _state().online)
@@ -75,8 +77,12 @@ def test_timer_without_and_after_losing_the_aggregator(runtime, endpoints, procs
         while not endpoint_in_use(endpoints.requests, timeout=0.05):
             lost += _ticks(runtime, 0.05)
         t1 = time.monotonic()
-        _ticks(runtime, 20.0, until=lambda: _state().online and _state().services["comfyui"].state == "connected")
+        client = runtime.RT.client
+        _ticks(runtime, 20.0, until=lambda: _state().online and client.has_snapshot
+               and client.aggregator.get("instance") not in (None, old_instance)
+               and _state().services["comfyui"].state == "connected")
         recovered = time.monotonic() - t1
+        assert client.aggregator.get("instance") != old_instance and client.has_snapshot
     assert not runtime.RT.errors_logged, runtime.RT.errors_logged
     (off_med, off_max), (on_med, on_max), (lost_med, lost_max) = _ms(offline), _ms(online), _ms(lost)
     # Never blocks: no tick anywhere near a frame (generous for a shared machine).

@@ -28,8 +28,9 @@ def _state(client, service="comfyui"):
 
 
 def _export_rows(client, since="10m") -> list[dict]:
-    rid = client.export("json", "1s", since, "comfyui")
-    assert rid is not None
+    # export() returns None while the request socket is not connected (nothing is queued
+    # for a dead peer): ask again, as the CLI and the add-on do.
+    rid = wait_for(lambda: client.export("json", "1s", since, "comfyui"), timeout=15, client=client)
     reply = wait_for(lambda: client.replies.get(rid), timeout=15, client=client)
     assert reply["ok"], reply
     return [r for r in json.loads(reply["content"])["rows"] if r["count"]]
@@ -40,10 +41,12 @@ def test_aggregator_kill9_and_restart(endpoints, procs, client, measured):
         agg = procs.aggregator()
         probe = procs.probe("comfyui", "--url", fake.url, "--interval", "0.5")
         wait_for(lambda: _state(client) == "connected", timeout=20, client=client)
-        time.sleep(7.0)  # some history, and at least one flush (every 5 s by default)
+        time.sleep(14.0)  # more history than the 10 s that may be lost, and a few flushes (every 5 s)
         before = _export_rows(client)
         assert before
 
+        old_instance = client.aggregator.get("instance")
+        assert old_instance
         agg.kill()  # kill -9
         killed = time.time()
         t0 = time.monotonic()
@@ -63,7 +66,8 @@ def test_aggregator_kill9_and_restart(endpoints, procs, client, measured):
         procs.aggregator()
         wait_for(lambda: endpoint_in_use(endpoints.requests, timeout=0.05), timeout=30, every=0.01)
         t1 = time.monotonic()
-        wait_for(lambda: client.online and client.has_snapshot and _state(client) == "connected"
+        wait_for(lambda: client.online and client.aggregator.get("instance") not in (None, old_instance)
+                 and client.has_snapshot and _state(client) == "connected"
                  and client.services["comfyui"].get("probe_alive"), timeout=20, client=client, every=0.01)
         recovered = time.monotonic() - t1
         after = _export_rows(client)
