@@ -203,47 +203,51 @@ def measure_snapshot(mode: Mode) -> Figure:
                  how=("real Engine with N services each holding 1 h of probe traffic (fake clock; 5 fed, the rest "
                       "pickled copies of them), one new sample per service before each call so no cache answers; time of "
                       "record() for every service (the once-a-second snapshot publish) and of state('5m') (the "
-                      "late-joiner reply, with history), ÷ N; best of 3 calls per run"))
+                      "late-joiner reply, with history), ÷ N; best of 3 calls per run, sizes interleaved in each run"))
     clock = Clock(1_700_000_000.0)
     engine = new_engine(clock)
     templates = [f"svc{i:04d}" for i in range(5)]
     fill(engine, clock, templates, 3600, seed=7)
+    sizes = mode.snapshot_services
+    everyone = clone_services(engine, templates, max(sizes)) if max(sizes) > len(templates) else templates
+    full = dict(engine.services)
+
+    def fresh(names: list[str]) -> None:
+        # A second passes and every service gets a new sample, as between two publishes:
+        # the engine's record cache cannot answer, so the real build cost is timed.
+        clock.t += 1.0
+        for s in names:
+            engine.ingest(Message(f"timing.{s}", "probe.bench", 1, clock.t, {
+                "service": s, "endpoint": "/queue", "duration_ms": 12.5, "ok": True, "error_kind": None}))
+
+    def timed(names: list[str], fn) -> float:
+        best = float("inf")
+        for _ in range(3):
+            fresh(names)
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return best * 1e6 / len(names)
+
+    def one_size(n: int) -> tuple[float, float]:
+        names = everyone[:n]
+        engine.services = {s: full[s] for s in names}  # exactly n services, same history each
+        try:
+            return (timed(names, lambda: [engine.record(s) for s in names]),
+                    timed(names, lambda: engine.state("5m")))
+        finally:
+            engine.services = full
+
+    # Sizes interleaved within every run, so a noisy neighbour hits all sizes alike.
+    results: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
+    for run in range(-mode.warmup, mode.runs):
+        for n in sizes:
+            r = one_size(n)
+            if run >= 0:
+                results[n].append(r)
     per_state, per_record = {}, {}
-    for n in mode.snapshot_services:
-        # Rebuild with exactly n services, every one holding the same amount of history.
-        for name in [s for s in list(engine.services) if s not in templates]:
-            del engine.services[name]
-        names = clone_services(engine, templates[:n], n) if n >= len(templates) else templates[:n]
-        if n < len(templates):
-            keep = set(names)
-            saved = {s: engine.services.pop(s) for s in list(engine.services) if s not in keep}
-        else:
-            saved = {}
-
-        def fresh() -> None:
-            # A second passes and every service gets a new sample, as between two publishes:
-            # the engine's record cache cannot answer, so the real build cost is timed.
-            clock.t += 1.0
-            for s in names:
-                engine.ingest(Message(f"timing.{s}", "probe.bench", 1, clock.t, {
-                    "service": s, "endpoint": "/queue", "duration_ms": 12.5, "ok": True, "error_kind": None}))
-
-        def timed(fn) -> float:
-            best = float("inf")
-            for _ in range(3):
-                fresh()
-                start = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - start)
-            return best * 1e6 / n
-
-        def one_run(_i: int) -> tuple[float, float]:
-            return timed(lambda: [engine.record(s) for s in names]), timed(lambda: engine.state("5m"))
-
-        for _ in range(mode.warmup):
-            one_run(-1)
-        runs = [one_run(i) for i in range(mode.runs)]
-        engine.services.update(saved)
+    for n in sizes:
+        runs = results[n]
         fig.metrics[f"snapshot_us_per_service_{n}"] = summary([r for r, _ in runs], "µs")
         fig.metrics[f"late_joiner_us_per_service_{n}"] = summary([s for _, s in runs], "µs")
         per_state[n] = fig.metrics[f"late_joiner_us_per_service_{n}"]["median"]
