@@ -254,8 +254,9 @@ def test_flood_from_one_source_does_not_starve_good_sources(endpoints, procs, cl
     ctx = new_context()
     sock = pub_socket(ctx, endpoints.events)
     pub = Publisher(sock, "probe.good")
+    warm = raw_pub(ctx, endpoints.events)
     try:
-        started(client, raw_pub(ctx, endpoints.events), "flood-warmup")
+        started(client, warm, "flood-warmup")
         wait_for(lambda: pub.send("status.good", _status("good", n=-1, sent=time.time())) and "good" in client.services,
                  timeout=20, client=client)
         before = settle(client, quiet=1.2)
@@ -267,7 +268,7 @@ def test_flood_from_one_source_does_not_starve_good_sources(endpoints, procs, cl
         report = json.loads(flooder.communicate(timeout=60)[0].strip().splitlines()[-1])
         after = settle(client, quiet=1.2)
     finally:
-        close(sock)
+        close(sock, warm)
         ctx.term()
     flood_counted = sum(after[k] - before[k] for k in REJECT_KINDS)
     send_rate = report["sent"] / report["seconds"]
