@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run run-probes test install bench bench-quick soak addon clean
+.PHONY: run run-probes test install bench bench-quick soak addon clean reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,11 @@ bench-quick: $(STAMP)
 ## The full soak: 500 simulated services at 1 Hz for 10 minutes against a real aggregator;
 ## prints the figures, fails on a missed target, and adds them to docs/reliability.md.
 soak: $(STAMP)
-	$(PY) -m bench.soak --record
+	MD_HEALTH_WRITE_DOCS=1 $(PY) -m bench.soak --record
+
+## Re-run the fault, bad-input and security tests and regenerate docs/reliability.md from them.
+reliability: $(STAMP)
+	MD_HEALTH_WRITE_DOCS=1 $(PY) -m pytest -q tests/test_fuzz_*.py tests/test_reliability_*.py tests/test_security*.py tests/test_soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -16,6 +16,7 @@ from .protocol import MAX_REPLY_BYTES, Message, RejectCounter, Rejection, decode
 from .sockets import Endpoints, close, dealer_socket, drain, new_context, sub_socket
 
 AGGREGATOR_SRC = "aggregator"
+RESYNC_RETRY = 0.25  # seconds between snapshot requests until one is answered
 
 
 class MonitorClient:
@@ -105,8 +106,9 @@ class MonitorClient:
         if self.online and now - self._last_seen > self.offline_after:
             self.online = False
             return True
-        # Not yet synced (aggregator down at start, or restarting): ask again now and then.
-        if not self.has_snapshot and now - self._last_request > 1.0:
+        # Not yet synced (aggregator down at start, or restarting): ask again soon. With
+        # ZMQ_IMMEDIATE a request fails at once while disconnected, so retrying is free.
+        if not self.has_snapshot and now - self._last_request > RESYNC_RETRY:
             self.request_snapshot()
         return False
 

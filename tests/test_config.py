@@ -108,3 +108,14 @@ def test_key_in_a_world_readable_file_is_warned_about(tmp_path):
     assert all("sk-ant-secret" not in w for w in cfg.warnings)
     path.chmod(0o600)
     assert load(path).warnings == []
+
+
+def test_a_service_name_that_cannot_be_a_topic_is_refused_with_its_line():
+    from bus.config import ConfigError, load
+    text = '[services."comfy ui"]\nurl = "http://127.0.0.1:8188"\n'
+    try:
+        load(text=text)
+    except ConfigError as exc:
+        assert "comfy ui" in str(exc) and "service name" in str(exc)
+    else:
+        raise AssertionError("a service name with a space was accepted")

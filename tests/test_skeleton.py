@@ -78,7 +78,11 @@ def test_late_joiner_gets_full_state_from_one_request(endpoints, procs, client):
                 except zmq.Again:
                     return None
                 if dealer.poll(2000):
-                    return decode(dealer.recv())
+                    reply = decode(dealer.recv())
+                    # A reply may be up to 0.5 s old (the aggregator reuses it; its seq says
+                    # which updates are newer): ask again until it includes the connection.
+                    services = reply.body.get("state", {}).get("services", {})
+                    return reply if services.get("comfyui", {}).get("state") == "connected" else None
             reply = wait_for(ask, timeout=10)
             assert reply.topic == "reply.snapshot" and reply.body["ok"] is True
             assert reply.body["id"] == "x"
@@ -100,8 +104,9 @@ def test_probe_death_is_unknown_not_down(endpoints, procs, client):
     with FakeComfyUI() as fake:
         procs.aggregator()
         probe = procs.probe("comfyui", "--url", fake.url, "--interval", "0.5")
-        wait_for(lambda: _state(client) == "connected", timeout=15, client=client)
-        assert client.services["comfyui"]["probe_alive"] is True
+        # Connected and heard from: the first status can arrive before the first heartbeat.
+        wait_for(lambda: _state(client) == "connected" and client.services["comfyui"]["probe_alive"],
+                 timeout=15, client=client)
         probe.kill()  # kill -9: no goodbye message
         wait_for(lambda: _state(client) == "unknown", timeout=10, client=client)
         record = client.services["comfyui"]
