@@ -194,9 +194,17 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
             topic = frame[:cut].decode("ascii")
         except UnicodeDecodeError:
             return Rejection("bad_topic", "topic is not ASCII")
-        try:  # a memoryview slice: no copy of the payload
-            env = msgpack.unpackb(memoryview(frame)[cut + 1:], raw=False, strict_map_key=True)
-        except Exception as exc:  # msgpack raises ValueError, UnicodeError, ExtraData...
+        payload = memoryview(frame)[cut + 1:]  # a slice without a copy
+        try:
+            # Bytes and extension objects (Timestamp included) are never valid here: msgpack
+            # refuses any of non-zero length while unpacking, at C speed.
+            env = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_bin_len=0, max_ext_len=0)
+        except ValueError as exc:
+            if "max_bin_len" in str(exc) or "max_ext_len" in str(exc):
+                return Rejection("wrong_type", f"{topic} is not plain data: it holds bytes or a msgpack extension",
+                                 _claimed_src(payload))
+            return Rejection("not_msgpack", f"{type(exc).__name__}: {exc}"[:200])
+        except Exception as exc:  # msgpack also raises UnicodeError, ExtraData, ...
             return Rejection("not_msgpack", f"{type(exc).__name__}: {exc}"[:200])
         if type(env) is not dict:
             return Rejection("wrong_type", f"envelope is {_type_name(env)}, expected map")
@@ -210,7 +218,9 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
         kind = topic.split(".", 1)[0]
         schema = BODY_SCHEMAS.get(kind)
         bad = _check(schema, body, topic) if schema else None
-        if bad is None and (what := _not_plain(body)):
+        # Only zero-length bytes/extensions get past the unpack limits; walk the body for
+        # them just when their markers occur at all (rare, and a false alarm costs a walk).
+        if bad is None and _ZERO_LENGTH.search(frame, cut) and (what := _not_plain(body)):
             bad = "wrong_type", f"{topic} body is not plain data: {what}"
         if bad is None and "service" in body and not valid_service(body["service"]):
             bad = "wrong_type", f"{topic} body.service {str(body['service'])[:40]!r} is not a service name"
@@ -219,6 +229,22 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
         return _new_message(Message, (topic, src, seq, float(ts), body))
     except Exception as exc:  # belt and braces: decoding must never raise to its caller
         return Rejection("not_msgpack", f"unexpected {type(exc).__name__}")
+
+
+# bin8/16/32 and ext8/16/32 headers of length zero.
+_ZERO_LENGTH = re.compile(rb"\xc4\x00|\xc5\x00\x00|\xc6\x00\x00\x00\x00|\xc7\x00|\xc8\x00\x00|\xc9\x00\x00\x00\x00")
+
+
+def _claimed_src(payload) -> str:
+    """The envelope's src for per-source logging, read leniently from a refused payload."""
+    if len(payload) > 65536:  # a flood of big bad frames must not be unpacked twice
+        return ""
+    try:
+        env = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        src = env.get("src") if isinstance(env, dict) else None
+        return src[:64] if isinstance(src, str) else ""
+    except Exception:
+        return ""
 
 
 _new_message = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path

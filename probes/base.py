@@ -6,6 +6,7 @@ the damping of flapping states and the stop/refresh handling, so every probe beh
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -209,7 +210,7 @@ class ProbeRunner:
                 if pending is None and time.monotonic() >= next_check:
                     pending = worker.submit(self._run_check)
                 wait = 0.02 if pending is not None else max(0.0, min(next_check, next_beat) - time.monotonic())
-                ready = dict(poller.poll(min(wait, 0.2) * 1000))
+                ready = dict(poller.poll(math.ceil(min(wait, 0.2) * 1000)))  # ceil: a float is truncated to 0 ms
                 if control in ready and self._refresh_requested(control):
                     self.down_checks = 0  # a person asked: check now, and retry briskly again
                     next_check = time.monotonic()

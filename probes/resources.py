@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
-RESCAN_AFTER = 30.0  # seconds between full scans while no listener was found
+RESCAN_AFTER = 30.0  # seconds between full scans while no listener was found, and between
+                     # re-checks that a found process still owns the port
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
 
 
@@ -58,24 +59,32 @@ class ResourceSampler:
         self._proc_primed = False
         self._host_primed = False
         self._last_scan = -RESCAN_AFTER
+        self._verified = -RESCAN_AFTER
 
     def _process(self, url: str) -> psutil.Process | None:
         parts = urlsplit(url)
         if not parts.hostname or not is_local(parts.hostname):
             return None
         port = parts.port or (443 if parts.scheme == "https" else 80)
+        now = time.monotonic()
         if self._proc is not None and self._port == port:
             try:
+                if not self._proc.is_running():
+                    raise psutil.NoSuchProcess(self._proc.pid)
+                # Listing a process's sockets costs milliseconds of system time (the
+                # always-on footprint), so confirm it still owns the port only now and then;
+                # a backend restarted under a new pid fails is_running() at once anyway.
+                if now - self._verified < RESCAN_AFTER:
+                    return self._proc
                 # Process.net_connections is psutil >= 6; connections() is its older name.
                 conns = getattr(self._proc, "net_connections", None) or self._proc.connections
-                if self._proc.is_running() and any(
-                        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-                        for c in conns(kind="tcp")):
+                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                       for c in conns(kind="tcp")):
+                    self._verified = now
                     return self._proc
             except (psutil.Error, OSError):
                 pass
             self._proc = None
-        now = time.monotonic()
         if self._port == port and now - self._last_scan < RESCAN_AFTER and self._proc is None:
             return None
         self._port, self._last_scan = port, now
@@ -87,6 +96,7 @@ class ResourceSampler:
         except psutil.Error:
             return None
         self._proc_primed = False
+        self._verified = now
         return self._proc
 
     def sample(self, url: str, vram_used_bytes: int | None = None) -> dict[str, Any]:
