@@ -413,12 +413,5 @@ classes = (
     *_panels(PropertiesScene, "_properties", True),
 )
 
-
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+# Registers in order and unregisters in reverse, as Blender's own modules do.
+register, unregister = bpy.utils.register_classes_factory(classes)
