@@ -178,34 +178,15 @@ def plot(figures: dict[str, Figure], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(cols), figsize=(5.2 * len(cols), 3.8), squeeze=False)
         i = 0
         if snap in cols:
-            ax = axes[0][i]
+            series = [(snap.extra.get(key) or {}, label) for key, label in (
+                ("snapshot_us_per_service", "snapshot (all records)"),
+                ("late_joiner_us_per_service", "late-joiner reply (with 5 m history)"))]
+            _per_service_panel(axes[0][i], series, 50, "target 50 µs", "µs per service",
+                               "Snapshot build cost per service")
             i += 1
-            for key, label in (("snapshot_us_per_service", "snapshot (all records)"),
-                               ("late_joiner_us_per_service", "late-joiner reply (with 5 m history)")):
-                data = snap.extra.get(key) or {}
-                ns = sorted(int(n) for n in data)
-                ax.plot(ns, [data[n] if n in data else data[str(n)] for n in ns], marker="o", label=label)
-            ax.axhline(50, color="grey", ls="--", lw=1, label="target 50 µs")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("services")
-            ax.set_ylabel("µs per service")
-            ax.set_title("Snapshot build cost per service", fontsize=10)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
         if mem in cols:
-            ax = axes[0][i]
-            data = mem.extra.get("per_size_mb") or {}
-            ns = sorted(int(n) for n in data)
-            ax.plot(ns, [data[n] if n in data else data[str(n)] for n in ns], marker="o", label="metric store")
-            ax.axhline(2.0, color="grey", ls="--", lw=1, label="2 MB (target at 5 services)")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("services")
-            ax.set_ylabel("MB (tracemalloc)")
-            ax.set_title("Metric store memory, tiers full", fontsize=10)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
+            _per_service_panel(axes[0][i], [(mem.extra.get("per_size_mb") or {}, "metric store")], 2.0,
+                               "2 MB (target at 5 services)", "MB (tracemalloc)", "Metric store memory, tiers full")
         fig.tight_layout()
         path = out_dir / "scaling.png"
         fig.savefig(path, dpi=110)
@@ -215,3 +196,19 @@ def plot(figures: dict[str, Figure], out_dir: Path) -> list[Path]:
 
 
 __all__ = ["write_json", "table", "readme_section", "update_readme", "plot", "fmt"]
+
+
+def _per_service_panel(ax, series, target: float, target_label: str, ylabel: str, title: str) -> None:
+    """One log-log panel of a figure against the number of services, with its target line.
+    `series` holds ({services: value}, label) pairs; JSON may have turned the keys into str."""
+    for data, label in series:
+        ns = sorted(int(n) for n in data)
+        ax.plot(ns, [data[n] if n in data else data[str(n)] for n in ns], marker="o", label=label)
+    ax.axhline(target, color="grey", ls="--", lw=1, label=target_label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("services")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
