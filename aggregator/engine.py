@@ -404,15 +404,17 @@ class Engine:
         return {"by_model": by_model, "total_tokens": total_tokens, "cost_usd": cost,
                 "unpriced_models": unpriced, "since": svc.usage_since or None}
 
-    def state(self, history_range: str = "5m") -> dict[str, Any]:
-        """The full state a late joiner needs."""
-        return {
+    def state(self, history_range: str | None = "5m") -> dict[str, Any]:
+        """The full state a late joiner needs (without history when the range is None)."""
+        out = {
             "services": {name: self.record(name) for name in self.services},
             "alerts": self.active_alerts(),
-            "history": self.history(history_range),
             "persistence": dict(self.persistence),
             "windows": [t.label for t in self._tier_template()],
         }
+        if history_range is not None:
+            out["history"] = self.history(history_range)
+        return out
 
     def _tier_template(self) -> list[Tier]:
         return [Tier(step, step, label(keep), label(step)) for step, keep in self.settings.tiers]

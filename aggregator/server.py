@@ -33,20 +33,23 @@ TICK = 0.1  # how often probe liveness is re-evaluated
 DRAIN_BUDGET = (5000, 0.05)  # events and seconds per loop turn, so requests are never starved
 SERVE_BUDGET = 0.02  # seconds of request handling per loop turn, so events are never starved either
 MAX_PENDING = 10_000  # requests queued beyond this are dropped (the oldest first)
-SNAPSHOT_REUSE = 0.5  # seconds a built snapshot reply may serve further requests (Clone-consistent:
-                      # it carries the seq it was built at, and clients apply newer updates on top)
+HISTORY_REUSE = 0.5  # seconds a built history may serve further snapshot replies (history is
+                     # bucketed trend data clients re-fetch every few seconds; the live records
+                     # in the same reply are never older than the last published update)
 
 
 class AlreadyRunning(RuntimeError):
     pass
 
 
+def packb(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
 def encode_raw_body(topic: str, src: str, seq: int, packed_body: bytes) -> bytes:
     """bus.protocol.encode() for a body that is already msgpack bytes (the cached snapshot):
     the envelope map is written by hand around it, byte for byte what encode() writes."""
-    pack = msgpack.packb
-    head = b"".join(pack(x, use_bin_type=True) for x in ("v", SCHEMA_VERSION, "src", src, "seq", seq,
-                                                          "ts", time.time(), "body"))
+    head = b"".join(packb(x) for x in ("v", SCHEMA_VERSION, "src", src, "seq", seq, "ts", time.time(), "body"))
     return topic.encode("ascii") + SEPARATOR + b"\x85" + head + packed_body
 
 
@@ -64,7 +67,8 @@ class Aggregator:
         self.metrics_port = self.settings.metrics_port if metrics_port is None else metrics_port
         self.store: Store | None = None
         self._pending: deque[list[bytes]] = deque()  # requests waiting for their turn
-        self._snapshots: dict[str, tuple[float, bytes]] = {}  # range -> (built at, packed reply part)
+        self._histories: dict[str, tuple[float, bytes]] = {}  # range -> (built at, packed history)
+        self._live: tuple[int, int, bytes] | None = None  # (publisher seq, state keys, packed entries but history)
         self.loop_errors = 0
         self.collector = None
         self.metrics_server = None
@@ -263,30 +267,38 @@ class Aggregator:
                 pass  # the client went away or is not reading; never block on it
 
     def _snapshot_frame(self, history_range: str, rid: Any) -> bytes:
-        """`reply.snapshot` {ok, seq, state, id}: the state (with history, up to a few MB for
-        hundreds of services) is built and packed once per range and reused for half a
-        second, so a burst of late joiners costs one build, not one each."""
+        """`reply.snapshot` {ok, seq, state, id}, packed from two cached parts so a burst of
+        late joiners costs one build, not one each:
+
+        - the live state (records, alerts, persistence) is rebuilt whenever anything was
+          published since it was built. Clone pattern: a client subscribed before asking, so
+          it receives every update newer than the reply's seq, but none older. A reply built
+          earlier than the client's subscription (an older cache) would hide the updates in
+          between until the next once-a-second publish;
+        - the history for the range (up to a few MB for hundreds of services) is reused for
+          HISTORY_REUSE seconds: it is trend data, not Clone state.
+        """
         now = time.monotonic()
-        hit = self._snapshots.get(history_range)
-        if hit is None or now - hit[0] > SNAPSHOT_REUSE:
-            body = self.handle("snapshot", {"range": history_range})
-            packed = msgpack.packb({"ok": True, "seq": body["seq"], "state": body["state"]}, use_bin_type=True)
-            hit = self._snapshots[history_range] = (now, packed)
-            if len(self._snapshots) > 8:  # ranges are few; an odd one must not pile up
-                self._snapshots = {history_range: hit}
-        # The cached map {ok, seq, state} plus the request's id: bump the map's entry count
-        # (fixmap 0x83 -> 0x84) and append the id pair. Same bytes encode() would produce.
-        packed = hit[1]
-        if packed[0] != 0x83:  # cannot happen: a 3-entry map always packs as fixmap 0x83
-            raise ValueError("unexpected snapshot packing")
-        body = b"\x84" + packed[1:] + msgpack.packb("id", use_bin_type=True) + msgpack.packb(rid, use_bin_type=True)
+        seq = self.publisher.seq
+        if self._live is None or self._live[0] != seq:
+            state = self.engine.state(None)
+            state["instance"] = self.instance
+            self._live = (seq, len(state) + 1, b"".join(packb(k) + packb(v) for k, v in state.items()))
+        hist = self._histories.get(history_range)
+        if hist is None or now - hist[0] > HISTORY_REUSE:
+            hist = (now, packb("history") + packb(self.engine.history(history_range)))
+            if len(self._histories) >= 8:  # ranges are few; an odd one must not pile up
+                self._histories.clear()
+            self._histories[history_range] = hist
+        nstate, entries = self._live[1], self._live[2] + hist[1]
+        state_bytes = bytes([0x80 | nstate]) + entries  # a fixmap: the state has a handful of keys
+        # Same bytes encode() would produce for {ok, seq, state, id}.
+        body = (b"\x84" + packb("ok") + packb(True) + packb("seq") + packb(seq) + packb("state") + state_bytes +
+                packb("id") + packb(rid))
         return encode_raw_body("reply.snapshot", "aggregator", self.publisher.seq, body)
 
     def handle(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        if op == "snapshot":
-            state = self.engine.state(str(body.get("range", "5m")))
-            state["instance"] = self.instance
-            return {"ok": True, "seq": self.publisher.seq, "state": state}
+        """Every request but `snapshot` (see _snapshot_frame)."""
         if op == "refresh":
             service = body.get("service")
             self.publisher.send("control.refresh", {"service": service} if isinstance(service, str) else {})

@@ -61,3 +61,44 @@ def test_snapshot_replies_decode_and_a_request_flood_does_not_starve_events(endp
         close(pub.socket, deaf, asker)
         ctx.term()
     assert not thread.is_alive()
+
+
+def test_a_snapshot_reply_is_never_older_than_an_update_already_published(endpoints, client):
+    """Clone pattern: a late joiner subscribes, then asks. Updates published before it
+    subscribed reach it only through the reply, so the reply must include them, even when
+    another client's reply was built a moment earlier (the cached-reply bug CI caught: the
+    example subscriber printed an empty state)."""
+    stop = threading.Event()
+    agg = Aggregator(endpoints, stop=stop)
+    thread = threading.Thread(target=agg.run, daemon=True)
+    thread.start()
+    ctx = new_context()
+    pub = Publisher(pub_socket(ctx, endpoints.events), "probe.f")
+    asker = dealer_socket(ctx, endpoints.requests)
+
+    def ask(rid: str) -> dict:
+        asker.send(encode("request.snapshot", "t", 0, {"id": rid, "range": "5m"}))
+        assert asker.poll(10_000), "no snapshot reply"
+        msg = decode(asker.recv(), max_bytes=MAX_REPLY_BYTES)
+        assert msg and msg.body["id"] == rid, msg
+        return msg.body
+
+    try:
+        wait_for(lambda: client.has_snapshot, timeout=15, client=client)
+        for round_ in range(5):
+            before = ask(f"before-{round_}")  # builds (and may cache) a reply
+            state = "connected" if round_ % 2 == 0 else "error"
+            pub.send("status.s1", {"service": "s1", "state": state})
+            wait_for(lambda: client.services.get("s1", {}).get("state") == state, timeout=10, client=client)
+            published_seq = client._service_seq["s1"]
+            after = ask(f"after-{round_}")  # at once: well inside any reuse window
+            assert after["seq"] >= published_seq > before["seq"]
+            assert after["state"]["services"]["s1"]["state"] == state
+            assert set(after["state"]) == {"services", "alerts", "persistence", "windows", "instance", "history"}
+            assert after["state"]["history"]["range"] == "5m"
+    finally:
+        stop.set()
+        thread.join(10)
+        close(pub.socket, asker)
+        ctx.term()
+    assert not thread.is_alive()
