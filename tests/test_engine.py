@@ -98,12 +98,19 @@ def test_roll_up_and_expiry_across_tiers():
     timing(engine, "x", 200.0)
     engine.tick()
     w = engine.record("x")["windows"]
-    assert [w[k]["count"] for k in ("5s", "20s", "1m")] == [2, 1, 1]  # coarser tiers: once the 1 s bucket closes
+    # The first window is exact at once; the coarser ones hold closed 1 s buckets and are
+    # recomputed once per refresh period (the first coarse tier's step, 5 s here).
+    assert w["5s"]["count"] == 2 and w["20s"]["count"] == w["1m"]["count"] == 1
+    clock.t += 5  # the next refresh period
+    engine.tick()
+    w = engine.record("x")["windows"]
+    assert w["20s"]["count"] == w["1m"]["count"] == 2 and w["1m"]["max_ms"] == 200.0
+    status(engine, "x", "disconnected")  # a state change refreshes every window at once
     clock.t += 1
     engine.tick()
     w = engine.record("x")["windows"]
-    assert [w[k]["count"] for k in ("5s", "20s", "1m")] == [2, 2, 2]
-    assert w["1m"]["max_ms"] == 200.0
+    assert w["1m"]["down_s"] == pytest.approx(1.0) and w["20s"]["down_s"] == pytest.approx(1.0)
+    status(engine, "x", "connected")
     clock.t += 6  # past the 5 s tier
     engine.tick()
     w = engine.record("x")["windows"]
