@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="directory for results.json and plots (default: bench/ for a full run, "
                                       "bench/out/<mode>/ otherwise)")
     parser.add_argument("--readme", choices=("yes", "no"), help="write README.md's Performance section "
-                                                                "(default: yes for a full run only)")
+                                                                "(default: yes only for a full run of every figure into bench/)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
 
@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     mode = MODES[mode_name]
     out = Path(args.out) if args.out else (BENCH if mode_name == "full" else OUT / mode_name)
     plots_dir = out / "plots"
-    write_readme = (args.readme or ("yes" if mode_name == "full" else "no")) == "yes"
+    # The README shows the committed figures: by default only a full run of every figure into
+    # bench/ writes it, never a partial (--only) or redirected (--out) one.
+    default_run = mode_name == "full" and not args.out and not args.only
+    write_readme = (args.readme or ("yes" if default_run else "no")) == "yes"
     wanted = set(args.only.split(",")) if args.only else set(FIGURE_KEYS)
     unknown = wanted - set(FIGURE_KEYS)
     if unknown:
