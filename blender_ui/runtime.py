@@ -59,8 +59,6 @@ class Runtime:
         self.chart_keys: dict[str, Any] = {}
         self.trace_path = os.environ.get("MD_HEALTH_UI_TRACE", "")
         self.trace_last: dict[str, str] = {}
-        self.poller = None
-        self.poller_client = None
         self.dashboard_drawn = -1e9  # monotonic time a Health Monitoring panel last drew
 
 
@@ -121,7 +119,6 @@ def _is_loopback(endpoint: str) -> bool:
 
 
 def disconnect() -> None:
-    RT.poller = RT.poller_client = None
     if RT.client is not None:
         RT.client.close()
         RT.client = None
@@ -158,11 +155,10 @@ def run_tick(client, wm) -> bool:
     """One tick against a client: drain within budget, mirror changes, redraw if needed.
     Also the entry point `make bench` times. Returns True if anything visible changed.
 
-    Idle (the common case) costs one zero-timeout zmq poll. With messages waiting, they are
-    handled in batches until the time budget is spent, so a flood is spread over ticks
-    (the SUB socket's high-water mark drops the excess) instead of freezing Blender."""
-    if not _poller_for(client).poll(0):
-        return False
+    Idle (the common case) costs one zero-timeout zmq poll, inside `client.poll`. With
+    messages waiting, they are handled in batches until the time budget is spent, so a
+    flood is spread over ticks (the SUB socket's high-water mark drops the excess) instead
+    of freezing Blender."""
     deadline = time.perf_counter() + POLL_SECONDS
     changed = False
     while True:
@@ -175,18 +171,6 @@ def run_tick(client, wm) -> bool:
         sync(getattr(wm, STATE), client)
         tag_redraw(wm)
     return changed
-
-
-def _poller_for(client):
-    """A zmq poller over the client's two sockets, made once per client."""
-    import zmq
-
-    if RT.poller_client is not client:
-        RT.poller = zmq.Poller()
-        RT.poller.register(client.sub, zmq.POLLIN)
-        RT.poller.register(client.dealer, zmq.POLLIN)
-        RT.poller_client = client
-    return RT.poller
 
 
 def _sample(client) -> None:

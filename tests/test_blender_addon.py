@@ -191,7 +191,7 @@ def test_timer_survives_an_exception(addon):
     class Broken:  # a client whose every poll fails (the timer also polls it once a second)
         online = False
         services: dict = {}
-        sub, dealer = real.sub, real.dealer
+        rejects = real.rejects
 
         def poll(self, *a, **k):
             raise RuntimeError("boom")
