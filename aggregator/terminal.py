@@ -28,6 +28,11 @@ def _ago(ts: float, now: float) -> str:
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
+def _fit(text: str, width: int) -> str:
+    """The text, or its start and an ellipsis: a cut version number ("gradio 3.23.") misleads."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def sparkline(values: list[float | None], width: int = 20, lo: float | None = None,
               hi: float | None = None) -> str:
     """The last `width` values as block characters; gaps (None) as spaces."""
@@ -63,7 +68,7 @@ def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool = T
         lines.append(header)
     if not online:
         lines.append("Monitor offline: no heartbeat from the aggregator. Start it with `make run`.")
-    cols = f"{'SERVICE':<10} {'STATE':<15} {'NEED':<8} {'VERSION':<12} {'QUEUE':>5} {'P50':>7} {'P95':>7} {'OK%':>5} {'CHECKED':>9}  DETAIL"
+    cols = f"{'SERVICE':<10} {'STATE':<15} {'NEED':<8} {'VERSION':<14} {'QUEUE':>5} {'P50':>7} {'P95':>7} {'OK%':>5} {'CHECKED':>9}  DETAIL"
     lines.append(cols)
     for name in sorted(services):
         r = services[name]
@@ -75,7 +80,7 @@ def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool = T
         detail = r.get("error") or ", ".join(r.get("capabilities", [])[:4])
         lines.append(
             f"{name:<10} {state} {'required' if r.get('required') else 'optional':<8} "
-            f"{(r.get('version') or '—')[:12]:<12} {('—' if queue is None else queue):>5} "
+            f"{_fit(r.get('version') or '—', 14):<14} {('—' if queue is None else queue):>5} "
             f"{_ms(st.get('p50_ms')):>7} {_ms(st.get('p95_ms')):>7} "
             f"{('—' if rate is None else f'{rate * 100:.0f}'):>5} {_ago(r.get('last_check', 0), now):>9}  {detail}")
     if not services:

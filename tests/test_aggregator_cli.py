@@ -72,3 +72,13 @@ def test_run_refuses_a_bad_config_naming_the_key(endpoints, isolated_env):
     out = _run("run", timeout=30)
     assert out.returncode == 2 and "aggregator.flush_interval" in out.stderr and "line 2" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_status_table_never_cuts_a_version_silently():
+    from aggregator.terminal import render
+
+    services = {"wan2gp": {"service": "wan2gp", "state": "connected", "version": "gradio 5.29.0", "stats": {}},
+                "odd": {"service": "odd", "state": "connected", "version": "gradio 5.29.0-beta.12+local", "stats": {}}}
+    table = render(services, online=True, color=False)
+    assert "gradio 5.29.0 " in table  # shown whole, not as "gradio 5.29."
+    assert "gradio 5.29.0…" in table and "beta" not in table  # too long: cut visibly
