@@ -29,7 +29,8 @@ from .store import Store, StoreUnavailable
 log = logging.getLogger("aggregator")
 
 HEARTBEAT_INTERVAL = 1.0
-TICK = 0.1  # how often probe liveness is re-evaluated
+TICK = 0.25  # how often probe liveness is re-evaluated (a dead probe shows unknown within 3 beats + this);
+            # 10 Hz cost about a seventh of the aggregator's always-on CPU for no visible gain (figure 9)
 DRAIN_BUDGET = (5000, 0.05)  # events and seconds per loop turn, so requests are never starved
 SERVE_BUDGET = 0.02  # seconds of request handling per loop turn, so events are never starved either
 MAX_PENDING = 10_000  # requests queued beyond this are dropped (the oldest first)
