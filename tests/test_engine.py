@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import pytest
@@ -98,19 +99,12 @@ def test_roll_up_and_expiry_across_tiers():
     timing(engine, "x", 200.0)
     engine.tick()
     w = engine.record("x")["windows"]
-    # The first window is exact at once; the coarser ones hold closed 1 s buckets and are
-    # recomputed once per refresh period (the first coarse tier's step, 5 s here).
-    assert w["5s"]["count"] == 2 and w["20s"]["count"] == w["1m"]["count"] == 1
-    clock.t += 5  # the next refresh period
-    engine.tick()
-    w = engine.record("x")["windows"]
-    assert w["20s"]["count"] == w["1m"]["count"] == 2 and w["1m"]["max_ms"] == 200.0
-    status(engine, "x", "disconnected")  # a state change refreshes every window at once
+    assert [w[k]["count"] for k in ("5s", "20s", "1m")] == [2, 1, 1]  # coarser tiers: once the 1 s bucket closes
     clock.t += 1
     engine.tick()
     w = engine.record("x")["windows"]
-    assert w["1m"]["down_s"] == pytest.approx(1.0) and w["20s"]["down_s"] == pytest.approx(1.0)
-    status(engine, "x", "connected")
+    assert [w[k]["count"] for k in ("5s", "20s", "1m")] == [2, 2, 2]
+    assert w["1m"]["max_ms"] == 200.0
     clock.t += 6  # past the 5 s tier
     engine.tick()
     w = engine.record("x")["windows"]
@@ -255,6 +249,42 @@ def test_snapshot_state_history_and_cache():
     # ... and a new event shows at once in the 5 m figures
     timing(engine, "x", 500.0)
     assert engine.record("x")["stats"]["max_ms"] == 500.0
+
+
+def test_coarse_windows_refresh_per_period_and_at_every_state_change():
+    """Past its first ten refresh periods (the first coarse tier's step, 10 s), a service's
+    1 h and 24 h windows are recomputed once per period, and at once on a state change."""
+    clock = Clock()
+    engine = Engine(clock)
+
+    def step() -> None:  # one second of a healthy probe: a beat and a timing
+        clock.t += 1
+        beat(engine)
+        timing(engine, "x", 10.0)
+        engine.tick()
+
+    beat(engine)
+    status(engine, "x", "connected")
+    for _ in range(120):  # two minutes: the windows are settled
+        step()
+    while math.floor(clock.t) % 10 != 0:  # the start of a refresh period
+        step()
+    before = engine.record("x")["windows"]
+    timing(engine, "x", 5000.0)
+    step()
+    r = engine.record("x")
+    assert r["state"] == "connected" and r["probe_alive"]  # no state change in between
+    assert r["windows"]["5m"]["max_ms"] == 5000.0   # the first window is exact at every build
+    assert r["windows"]["1h"] == before["1h"]        # the coarse ones wait for the next period
+    for _ in range(10):
+        step()
+    assert engine.record("x")["windows"]["1h"]["max_ms"] == 5000.0
+    status(engine, "x", "disconnected")              # a state change refreshes them at once
+    clock.t += 1
+    beat(engine)
+    engine.tick()
+    w = engine.record("x")["windows"]
+    assert w["1h"]["down_s"] == pytest.approx(1.0) and w["24h"]["down_s"] == pytest.approx(1.0)
 
 
 def test_seven_day_tier_and_deepcopy():
