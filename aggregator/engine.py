@@ -223,10 +223,8 @@ class Engine:
             q = jt = None
         svc.queue_current = q = q if _number(q) else None
         if q is not None:
-            series = svc.series
-            if now >= series.live_end:
-                series.advance(now)
-            acc = series.live.acc
+            svc.series.advance(now)
+            acc = svc.series.live.acc
             if q > acc.qpeak:
                 acc.qpeak = float(q)
         if jt is not None and jt != svc.last_job_time and _number(jt):

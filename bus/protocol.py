@@ -202,10 +202,10 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
                 topic = head.decode("ascii")
             except UnicodeDecodeError:
                 return Rejection("bad_topic", "topic is not ASCII")
-            known = (topic, _BODY_CHECKS.get(topic.partition(".")[0], ((), ())))
+            known = (topic, BODY_SCHEMAS.get(topic.partition(".")[0]))
             if len(_TOPICS) < 4096:
                 _TOPICS[head] = known
-        topic, checks = known
+        topic, schema = known
         try:
             # Bytes and extension objects (Timestamp included) are never valid here: msgpack
             # refuses any of non-zero length while unpacking, at C speed.
@@ -228,39 +228,22 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
         if ((type(v), type(src), type(seq), type(ts), type(body)) not in _ENVELOPE_TYPES
                 or v != SCHEMA_VERSION or seq < 0 or not isfinite(ts)):
             return _envelope_rejection(env)
-        fields, numbers = checks  # the body's required fields, and those that are numbers
-        for name, types in fields:
-            if type(body.get(name, _MISSING)) not in types:
-                break
-        else:
-            for name in numbers:
-                if not isfinite(body[name]):  # NaN or infinity
-                    break
-            else:
-                name = None
-        if name is not None:
-            bad = _check(BODY_SCHEMAS[topic.partition(".")[0]], body, topic)
+        if schema and (bad := _check(schema, body, topic)):  # the body's required fields
             return Rejection(bad[0], bad[1], src[:64])
         # Only zero-length bytes and extensions get past the unpack limits; walk the body
         # for them just when such a header occurs at all (rare, and a false alarm costs one walk).
         if _has_zero_length_header(frame) and (what := _not_plain(body)):
             return Rejection("wrong_type", f"{topic} body is not plain data: {what}", src[:64])
         service = body.get("service")
-        if service is not None and not (service.__class__ is str and service in _GOOD_NAMES) \
-                and not valid_service(service):
+        if service is not None and not valid_service(service):
             return Rejection("wrong_type", f"{topic} body.service {str(service)[:40]!r} is not a service name",
                              src[:64])
-        return _new_message(Message, (topic, src, seq, ts if type(ts) is float else float(ts), body))
+        return _new_message(Message, (topic, src, seq, float(ts), body))
     except Exception as exc:  # belt and braces: decoding must never raise to its caller
         return Rejection("not_msgpack", f"unexpected {type(exc).__name__}")
 
 
-_TOPICS: dict[bytes, tuple[str, tuple]] = {}  # topic bytes -> (topic, body checks)
-
-
-# kind -> ((name, exact types) for each required field, names of the number fields)
-_BODY_CHECKS = {kind: (tuple(fields.items()), tuple(k for k, types in fields.items() if float in types))
-                for kind, fields in BODY_SCHEMAS.items()}
+_TOPICS: dict[bytes, tuple[str, dict | None]] = {}  # topic bytes -> (topic, body schema)
 _envelope_fields = operator.itemgetter("v", "src", "seq", "ts", "body")
 _ENVELOPE_TYPES = frozenset((int, str, int, ts, dict) for ts in (int, float))  # v, src, seq, ts, body
 isfinite = math.isfinite
@@ -274,14 +257,11 @@ _ZERO_LENGTH_HEADERS = tuple((lead, bytes(n)) for lead, n in
 def _has_zero_length_header(frame: bytes) -> bool:
     """Whether the frame holds a zero-length bin or ext header (or bytes that look like one).
 
-    Each lead byte is found with bytes.find, which is memchr: about 0.01 ns a byte, against
-    4.5 ns a byte for a regex alternation of the six headers, which made this the costliest
-    step of decoding a 500-byte status (bench/profile). Lead bytes are rare, so the loop
-    body seldom runs."""
-    # `in` with an int is memchr, without find()'s argument parsing; most frames hold none
-    # of the six lead bytes, and one expression says so in the fewest bytecodes (callgrind).
-    if not (0xC4 in frame or 0xC5 in frame or 0xC6 in frame or 0xC7 in frame or 0xC8 in frame or 0xC9 in frame):
-        return False
+    Lead bytes are looked for with memchr (`in` with an int, then `find`): about 0.01 ns a
+    byte, against 4.5 ns a byte for a regex alternation of the six headers, which made this
+    the costliest step of decoding a 500-byte status (bench/profile). `in` first, because
+    find()'s argument parsing costs more than the search (callgrind); lead bytes are rare,
+    so the inner loop seldom runs."""
     for lead, zeros in _ZERO_LENGTH_HEADERS:
         if lead not in frame:
             continue
