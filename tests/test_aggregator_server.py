@@ -1,10 +1,12 @@
-"""The aggregator shell: cached snapshot replies decode exactly, and a flood of requests
-from a client that never reads does not hold back events for everyone else."""
+"""The aggregator shell: snapshot replies decode exactly and are never older than what was
+already published, and a flood of requests from a client that never reads does not hold
+back events for everyone else."""
 from __future__ import annotations
 
 import threading
 import time
 
+import pytest
 import zmq
 
 from aggregator.server import Aggregator
@@ -13,13 +15,28 @@ from bus.sockets import close, dealer_socket, new_context, pub_socket
 from tests.conftest import wait_for
 
 
-def test_snapshot_replies_decode_and_a_request_flood_does_not_starve_events(endpoints, client):
+@pytest.fixture
+def served(endpoints):
+    """An aggregator running in a thread of this process, a zmq context for the test's own
+    sockets, and a probe-side publisher; the aggregator must stop when asked."""
     stop = threading.Event()
     agg = Aggregator(endpoints, stop=stop)
     thread = threading.Thread(target=agg.run, daemon=True)
     thread.start()
     ctx = new_context()
     pub = Publisher(pub_socket(ctx, endpoints.events), "probe.f")
+    try:
+        yield agg, ctx, pub
+    finally:
+        stop.set()
+        thread.join(10)
+        close(pub.socket)
+        ctx.term()
+    assert not thread.is_alive()
+
+
+def test_snapshot_replies_decode_and_a_request_flood_does_not_starve_events(endpoints, client, served):
+    agg, ctx, pub = served
     deaf = ctx.socket(zmq.DEALER)
     deaf.sndhwm = 0  # queue every request: the flood must really reach the aggregator
     deaf.linger = 0
@@ -56,24 +73,15 @@ def test_snapshot_replies_decode_and_a_request_flood_does_not_starve_events(endp
         wait_for(lambda: client.services.get("s1", {}).get("state") == "error", timeout=10, client=client)
         assert time.monotonic() - t0 < 2.0  # events still flow while the flood is served
     finally:
-        stop.set()
-        thread.join(10)
-        close(pub.socket, deaf, asker)
-        ctx.term()
-    assert not thread.is_alive()
+        close(deaf, asker)
 
 
-def test_a_snapshot_reply_is_never_older_than_an_update_already_published(endpoints, client):
+def test_a_snapshot_reply_is_never_older_than_an_update_already_published(endpoints, client, served):
     """Clone pattern: a late joiner subscribes, then asks. Updates published before it
     subscribed reach it only through the reply, so the reply must include them, even when
     another client's reply was built a moment earlier (the cached-reply bug CI caught: the
     example subscriber printed an empty state)."""
-    stop = threading.Event()
-    agg = Aggregator(endpoints, stop=stop)
-    thread = threading.Thread(target=agg.run, daemon=True)
-    thread.start()
-    ctx = new_context()
-    pub = Publisher(pub_socket(ctx, endpoints.events), "probe.f")
+    _, ctx, pub = served
     asker = dealer_socket(ctx, endpoints.requests)
 
     def ask(rid: str) -> dict:
@@ -97,8 +105,4 @@ def test_a_snapshot_reply_is_never_older_than_an_update_already_published(endpoi
             assert set(after["state"]) == {"services", "alerts", "persistence", "windows", "instance", "history"}
             assert after["state"]["history"]["range"] == "5m"
     finally:
-        stop.set()
-        thread.join(10)
-        close(pub.socket, asker)
-        ctx.term()
-    assert not thread.is_alive()
+        close(asker)
