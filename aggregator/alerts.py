@@ -3,7 +3,18 @@
 A rule raises after its condition held for `raise_after_s` (N) without a break, and
 clears after its clear condition held for `clear_after_s` (M). The clear condition may
 use a lower threshold than the raise one (p95_clear_ms, success_clear_pct, queue_clear),
-so a value hovering at the threshold cannot flap. "down" uses down_s as its N.
+so a value hovering at the threshold cannot flap.
+
+An unknown value is evidence of nothing: it is neither bad nor good, so it starts neither
+timer and breaks both. A value is unknown when it is None (no requests in the window) and
+whenever the service's probe is dead (its window still holds samples from before it died,
+and those age out without saying anything about now). So an active alert whose value
+becomes unknown stays active until a real value has been good for M seconds (or its
+service expires), and an unknown value never raises one.
+
+"down" is timed by the record's `down_for_s` (seconds since the state class became
+down; disconnected <-> error flips do not reset it, see docs/metrics.md), and raises as
+soon as that reaches down_s.
 """
 from __future__ import annotations
 
@@ -49,42 +60,48 @@ class Alert:
 
 
 def conditions(rules: dict[str, Any], record: dict[str, Any], now: float) -> list[tuple]:
-    """(name, metric, value, threshold, bad, good, raise_after, message) for every rule that applies."""
+    """(name, metric, value, threshold, bad, good, raise_after, clear_after, message) for every
+    rule that applies. bad and good are both False while the value is unknown."""
     out = []
     n, m = rules.get("raise_after_s", 30.0), rules.get("clear_after_s", 30.0)
     stats = record.get("stats") or {}
     svc = record["service"]
+    stale = record.get("error_kind") == "probe_dead"  # the figures are from before the probe died
+
+    def measured(v):
+        return None if stale else v
+
     if "p95_ms" in rules:
         hi = rules["p95_ms"]
         lo = rules.get("p95_clear_ms", hi)
-        v = stats.get("p95_ms")
-        out.append(("p95", "p95_ms", v, hi, v is not None and v > hi, v is None or v <= lo, n,
+        v = measured(stats.get("p95_ms"))
+        out.append(("p95", "p95_ms", v, hi, v is not None and v > hi, v is not None and v <= lo, n,
                     f"{svc}: p95 latency {_fmt(v)} ms is above {hi:g} ms"))
     if "success_pct" in rules:
         lo = rules["success_pct"] / 100.0
         hi = rules.get("success_clear_pct", rules["success_pct"]) / 100.0
-        v = stats.get("success_rate")
-        out.append(("success", "success_rate", v, lo, v is not None and v < lo, v is None or v >= hi, n,
+        v = measured(stats.get("success_rate"))
+        out.append(("success", "success_rate", v, lo, v is not None and v < lo, v is not None and v >= hi, n,
                     f"{svc}: success rate {_pct(v)} is below {lo * 100:g} %"))
     if "queue" in rules:
         hi = rules["queue"]
         lo = rules.get("queue_clear", hi)
-        v = (record.get("queue") or {}).get("current")
-        out.append(("queue", "queue_depth", v, hi, v is not None and v > hi, v is None or v <= lo, n,
+        v = measured((record.get("queue") or {}).get("current"))
+        out.append(("queue", "queue_depth", v, hi, v is not None and v > hi, v is not None and v <= lo, n,
                     f"{svc}: queue depth {v} is above {hi:g}"))
     if "down_s" in rules:
-        state = record.get("state")
-        down = state in ("disconnected", "error")
-        since = record.get("since_change_s") or 0.0
-        out.append(("down", "state", state, rules["down_s"], down, state == "connected", 0.0 if down else n,
-                    f"{svc} is {state} for {since:.0f} s (limit {rules['down_s']:g} s)"))
-        # "down longer than T": the condition is "down and since_change >= T"; raise at once then.
-        out[-1] = out[-1][:4] + (down and since >= rules["down_s"],) + out[-1][5:]
+        state, limit = record.get("state"), rules["down_s"]
+        down_for = record.get("down_for_s")  # None unless down (a dead probe's service is unknown, not down)
+        text = f"{svc} is {state}" + (f" for {down_for:.0f} s" if down_for is not None else "")
+        # "Down longer than T" is its own timer, so it raises at once when that holds.
+        out.append(("down", "state", state, limit, down_for is not None and down_for >= limit,
+                    state == "connected", 0.0, f"{text} (limit {limit:g} s)"))
     if rules.get("key_invalid"):
         providers = ((record.get("details") or {}).get("providers") or {})
         if isinstance(providers, dict) and providers:
             bad = sorted(p for p, info in providers.items() if isinstance(info, dict) and info.get("state") == "invalid")
-            out.append(("key_invalid", "provider_state", ",".join(bad) or None, None, bool(bad), not bad, 0.0,
+            out.append(("key_invalid", "provider_state", ",".join(bad) or None, None, bool(bad) and not stale,
+                        not bad and not stale, 0.0,
                         f"{svc}: API key rejected by {', '.join(bad)}" if bad else f"{svc}: API keys valid"))
     return [(name, metric, v, thr, bad, good, ra, m, msg) for (name, metric, v, thr, bad, good, ra, msg) in out]
 
