@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,10 +58,14 @@ def _http_url(v: Any) -> str:
     return v.rstrip("/")
 
 
+# host:port with the host a name, an IPv4 address or a bracketed IPv6 one ([::1]), as ZeroMQ writes them.
+_ENDPOINT = re.compile(r"tcp://(?:[^:\s\[\]]+|\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]):\d{1,5}|ipc://\S+|inproc://\S+")
+
+
 def _zmq_endpoint(v: Any) -> str:
     v = _text(v)
-    if not re.fullmatch(r"(tcp://[^:\s]+:\d{1,5}|ipc://\S+|inproc://\S+)", v):
-        raise ValueError(f"must look like tcp://127.0.0.1:5581, got {v!r}")
+    if not _ENDPOINT.fullmatch(v):
+        raise ValueError(f"must look like tcp://127.0.0.1:5581 or tcp://[::1]:5581, got {v!r}")
     return v
 
 
@@ -143,6 +147,17 @@ class Config:
         return self.services[name]
 
 
+def _toml():
+    """The TOML parser: the standard library's from Python 3.11, tomli (the same code, which
+    the legacy add-on bundles) on 3.10. Imported only when a file is parsed, so importing
+    this module never needs either."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    return tomllib
+
+
 def default_path() -> Path:
     from platformdirs import user_config_dir
 
@@ -151,7 +166,7 @@ def default_path() -> Path:
 
 def _line_of(text: str, section: str, key: str) -> int | None:
     """Best effort: the line where `key` is set inside [section], or where the table
-    [section.key] starts (tomllib gives no positions)."""
+    [section.key] starts (the TOML parser gives no positions)."""
     current = ""
     table = f"{section}.{key}" if section else key
     for number, line in enumerate(text.splitlines(), 1):
@@ -207,9 +222,10 @@ def load(path: str | Path | None = None, *, text: str | None = None) -> Config:
                 text = where.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{where}: cannot read config ({exc.__class__.__name__}: {exc})") from None
+    toml = _toml()
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        raw = toml.loads(text)
+    except toml.TOMLDecodeError as exc:
         raise ConfigError(f"{where or 'config'}: not valid TOML: {exc}") from None
 
     cfg = Config(path=where)

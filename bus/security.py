@@ -157,7 +157,9 @@ class ZapHandler(threading.Thread):
                     pass
                 else:
                     coro.close()
-                    self.auth._send_zap_reply(msg[1], b"500", b"internal error")
+                    # The ZAP reply of RFC 27 (version, request id, status, text, user, metadata),
+                    # sent on the public socket API: no private pyzmq helper to break on upgrade.
+                    sock.send_multipart([b"1.0", msg[1], b"500", b"internal error", b"", b""])
         except zmq.ZMQError:
             pass  # ETERM: the context is shutting down
         finally:

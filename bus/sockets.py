@@ -65,6 +65,8 @@ def _socket(ctx: zmq.Context, kind: int, max_bytes: int) -> zmq.Socket:
 
 def _attach(sock: zmq.Socket, endpoint: str, bind: bool) -> zmq.Socket:
     try:
+        if endpoint.startswith("tcp://["):  # an IPv6 address: libzmq is IPv4-only unless told
+            sock.ipv6 = True
         secure(sock, endpoint, bind)  # CURVE if keys are set up; else refuse a non-loopback bind
         if bind:
             sock.bind(endpoint)

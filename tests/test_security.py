@@ -255,3 +255,48 @@ def test_bad_key_folder_is_a_clear_error_not_a_traceback(tmp_path, procs):
             assert _exit(proc) == 2, (args, procs.output(proc))
             out = procs.output(proc)
             assert words in out and "docs/security.md" in out and "Traceback" not in out, out
+
+
+def test_zap_handler_answers_a_request_it_cannot_finish_at_once_with_a_refusal(tmp_path):
+    """A ZAP request whose check would have to wait (an async credentials callback) gets a
+    ZAP 500 reply (RFC 27) sent with pyzmq's public socket API, and the handler keeps serving."""
+    folder = tmp_path / "keys"
+    security.init(folder)
+    keys = security.Keys(folder)
+    ctx = new_context()
+    handler = security.ZapHandler(ctx, keys.authorized)
+
+    class Pending:  # an answer that is not ready yet: awaiting it suspends
+        def __await__(self):
+            yield
+            return True
+
+    class Waits:
+        def callback(self, domain, key):
+            return Pending()
+
+    handler.auth.configure_curve_callback(domain="*", credentials_provider=Waits())
+    handler.start()
+    req = ctx.socket(zmq.REQ)
+    req.linger = 0
+    req.connect("inproc://zeromq.zap.01")
+    try:
+        public, _ = keys.pair("client")
+        req.send_multipart([b"1.0", b"id-1", b"*", b"127.0.0.1", b"", b"CURVE", public])
+        assert req.poll(20_000), "the ZAP handler never answered"
+        assert req.recv_multipart() == [b"1.0", b"id-1", b"500", b"internal error", b"", b""]
+        assert handler.is_alive()
+    finally:
+        req.close(0)
+        ctx.term()
+    handler.join(10)
+    assert not handler.is_alive()
+
+
+def test_security_uses_no_private_pyzmq_api():
+    """pyzmq is pinned to the range tested (pyproject.toml); its private helpers may change
+    within it, so nothing here calls one."""
+    tree = ast.parse((ROOT / "bus" / "security.py").read_text())
+    private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+               and not n.attr.startswith("__") and isinstance(n.value, ast.Attribute) and n.value.attr == "auth"]
+    assert private == []
