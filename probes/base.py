@@ -11,7 +11,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -25,6 +25,7 @@ log = logging.getLogger("probes")
 HEARTBEAT_INTERVAL = 1.0  # seconds; the aggregator declares a probe dead after 3 missed
 CONFIRM_DELAY = 0.25  # seconds before re-checking to confirm a state change
 MAX_BACKOFF = 30.0  # seconds; reconnect attempts while down slow down to at most this (the epic's cap)
+MAX_DOUBLINGS = 32  # the backoff's exponent stops here: any interval above 7 ns has reached the cap by then
 IDLE_WAKE = 1.0  # longest poll while idle: how soon the loop sees `stop` (the lifeline's grace is 5 s).
                  # Waking 5 times a second cost about a quarter of an idle probe's CPU (bench figure 9).
 MIN_EVENT_GAP = 0.2  # seconds; a burst of pushed events (ComfyUI queue changes) costs at most one check per gap
@@ -124,15 +125,24 @@ class Probe:
 
 
 class StateMachine:
-    """Damps flapping, in both directions.
+    """Damps flapping, in both directions, and paces the checks.
 
-    A failure from Connected shows Connecting (retrying); only `failures_to_down`
-    consecutive failures show Disconnected (or Error when the backend answered but was
-    wrong). Recovery from down is debounced the same way; a blip that never reached
-    "down" ends with the first success. While a change awaits confirmation
-    (`unconfirmed`), the runner re-checks quickly instead of waiting a full interval, so
-    damping costs a fraction of a second rather than whole intervals.
+    Shown states: `connecting`, `connected`, `disconnected`, `error`. A failure from
+    Connected shows Connecting (retrying); only `failures_to_down` consecutive failures
+    show Disconnected (or Error when the backend answered but was wrong). Recovery from
+    down is debounced the same way; a blip that never reached "down" ends with the first
+    success.
+
+    Pace (how soon the next check comes), one of three named phases:
+    - STEADY: every interval (up, or not yet judged);
+    - CONFIRMING: a change awaits confirmation, so re-check quickly instead of waiting a
+      full interval: damping costs a fraction of a second rather than whole intervals;
+    - BACKING_OFF: confirmed down; each further failed check doubles the pause up to the
+      cap. The doubling count stops at MAX_DOUBLINGS, so a backend switched off for a week
+      (20,000 checks) costs the same arithmetic as one switched off for a minute.
     """
+
+    STEADY, CONFIRMING, BACKING_OFF = "steady", "confirming", "backing off"
 
     def __init__(self, failures_to_down: int = 2) -> None:
         self.n = max(1, failures_to_down)
@@ -140,10 +150,28 @@ class StateMachine:
         self.confirmed: str | None = None  # the last state reached through n agreeing checks
         self._fails = 0
         self._oks = 0
+        self._doublings = 0  # failed checks while confirmed down, at most MAX_DOUBLINGS
 
     @property
     def unconfirmed(self) -> bool:
         return 0 < self._fails < self.n or (0 < self._oks < self.n and self.confirmed != "connected")
+
+    @property
+    def pace(self) -> str:
+        if self.unconfirmed:
+            return self.CONFIRMING
+        return self.BACKING_OFF if self._doublings else self.STEADY
+
+    def pause(self, interval: float) -> float:
+        """Seconds until the next check, for a probe whose configured interval is `interval`."""
+        pace = self.pace
+        if pace == self.CONFIRMING:
+            return min(CONFIRM_DELAY, interval)
+        if pace == self.BACKING_OFF:
+            # Never more often than the interval, and never slower than 30 s (or the interval
+            # itself, when that is longer: the llm probe's minute).
+            return min(max(MAX_BACKOFF, interval), interval * 2.0 ** self._doublings)
+        return interval
 
     def update(self, result: CheckResult) -> str:
         if result.healthy:
@@ -160,27 +188,37 @@ class StateMachine:
                 self.state = self.confirmed = "error" if result.reachable else "disconnected"
             else:
                 self.state = "connecting"
+        down = self.state in ("disconnected", "error") and not self.unconfirmed
+        self._doublings = min(self._doublings + 1, MAX_DOUBLINGS) if down else 0
         return self.state
+
+    def retry_briskly(self) -> None:
+        """A person asked for a refresh: start the backoff over (the next check is due now)."""
+        self._doublings = 0
 
 
 class ProbeRunner:
-    """Runs one probe on the bus until `stop` is set."""
+    """Runs one probe on the bus until `stop` is set.
+
+    `clock` is the monotonic clock every interval and deadline of the loop runs on; a
+    test passes a fake one (with `loop()`) to replay a week in seconds."""
 
     def __init__(self, probe: Probe, endpoints: Endpoints, *, required: bool = False,
-                 failures_to_down: int = 2, stop: threading.Event | None = None) -> None:
+                 failures_to_down: int = 2, stop: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.probe = probe
         self.endpoints = endpoints
         self.required = required
         self.stop = stop or threading.Event()
         self.machine = StateMachine(failures_to_down)
         self.src = f"probe.{probe.service}"
-        self.down_checks = 0  # checks while confirmed down: drives the reconnect backoff
-        self.last_check = 0.0
+        self.clock = clock
+        self.last_check = -math.inf
 
     def run(self) -> None:
-        """The loop. A check runs on a worker thread while this thread keeps the heartbeat,
-        refresh commands and pushed events going, so a hung backend (or a slow cloud API)
-        never makes the probe itself look dead. Only this thread touches zmq sockets."""
+        """The loop on real sockets. A check runs on a worker thread while this thread keeps
+        the heartbeat, refresh commands and pushed events going, so a hung backend (or a slow
+        cloud API) never makes the probe itself look dead. Only this thread touches zmq sockets."""
         ctx = new_context()
         pub = pub_socket(ctx, self.endpoints.events)
         control = sub_socket(ctx, self.endpoints.snapshots, prefixes=("control.",))
@@ -191,35 +229,15 @@ class ProbeRunner:
         if watch is not None:
             poller.register(watch, zmq.POLLIN)
         worker = ThreadPoolExecutor(1, thread_name_prefix=f"check-{self.probe.service}")
-        pending: Future | None = None
-        again = False  # a refresh or event arrived while a check was running
-        next_check = time.monotonic()
-        next_beat = time.monotonic()
-        self._publish_status(CheckResult(False), "connecting")
+
+        def wait(seconds: float) -> tuple[bool, bool]:
+            ready = dict(poller.poll(math.ceil(seconds * 1000)))  # ceil: a float is truncated to 0 ms
+            refresh = control in ready and self._refresh_requested(control)
+            pushed = watch is not None and watch in ready and self.probe.on_watch(watch)
+            return refresh, pushed
+
         try:
-            while not self.stop.is_set():
-                now = time.monotonic()
-                if now >= next_beat:
-                    self.publisher.send(f"heartbeat.{self.src}", {
-                        "interval": HEARTBEAT_INTERVAL, "services": [self.probe.service],
-                        "dropped": self.publisher.dropped})
-                    next_beat = now + HEARTBEAT_INTERVAL
-                if pending is not None and pending.done():
-                    self._finish(pending.result())
-                    pending = None
-                    next_check = time.monotonic() + (0.0 if again else self.pause)
-                    again = False
-                if pending is None and time.monotonic() >= next_check:
-                    pending = worker.submit(self._run_check)
-                wait = 0.02 if pending is not None else max(0.0, min(next_check, next_beat) - time.monotonic())
-                ready = dict(poller.poll(math.ceil(min(wait, IDLE_WAKE) * 1000)))  # ceil: a float is truncated to 0 ms
-                if control in ready and self._refresh_requested(control):
-                    self.down_checks = 0  # a person asked: check now, and retry briskly again
-                    next_check = time.monotonic()
-                    again = pending is not None
-                if watch is not None and watch in ready and self.probe.on_watch(watch):
-                    # Pushed news (socket dropped, queue changed): check now, but bursts coalesce.
-                    next_check = min(next_check, max(time.monotonic(), self.last_check + MIN_EVENT_GAP))
+            self.loop(wait, worker.submit)
         finally:
             worker.shutdown(wait=False, cancel_futures=True)
             self.probe.close_watch()
@@ -228,18 +246,46 @@ class ProbeRunner:
                 close(watch)
             ctx.term()
 
+    def loop(self, wait: Callable[[float], tuple[bool, bool]],
+             submit: Callable[[Callable[[], CheckResult]], Future]) -> None:
+        """Beat, check and obey until `stop`. `wait(seconds)` blocks at most that long and
+        says (refresh asked, pushed news); `submit(fn)` starts a check and returns its Future."""
+        clock = self.clock
+        pending: Future | None = None
+        again = False  # a refresh or event arrived while a check was running
+        next_check = next_beat = started = clock()
+        self._publish_status(CheckResult(False), "connecting")
+        while not self.stop.is_set():
+            now = clock()
+            if now >= next_beat:
+                self.publisher.send(f"heartbeat.{self.src}", {
+                    "interval": HEARTBEAT_INTERVAL, "services": [self.probe.service],
+                    "dropped": self.publisher.dropped})
+                next_beat = now + HEARTBEAT_INTERVAL
+            if pending is not None and pending.done():
+                self._finish(pending.result())
+                pending = None
+                # The pause runs from the check's start, so "at most 30 s apart" holds
+                # whatever the check took; a check longer than its pause is followed at once.
+                next_check = clock() if again else started + self.pause
+                again = False
+            if pending is None and clock() >= next_check:
+                started = clock()
+                pending = submit(self._run_check)
+            pause = 0.02 if pending is not None else max(0.0, min(next_check, next_beat) - clock())
+            refresh, pushed = wait(min(pause, IDLE_WAKE))
+            if refresh:
+                self.machine.retry_briskly()  # a person asked: check now, and retry briskly again
+                next_check = clock()
+                again = pending is not None
+            if pushed:
+                # Pushed news (socket dropped, queue changed): check now, but bursts coalesce.
+                next_check = min(next_check, max(clock(), self.last_check + MIN_EVENT_GAP))
+
     @property
     def pause(self) -> float:
-        """Seconds until the next check: quick while a change awaits confirmation, the
-        configured interval while up, and doubling up to MAX_BACKOFF while down."""
-        if self.machine.unconfirmed:
-            return min(CONFIRM_DELAY, self.probe.interval)
-        if self.machine.state in ("disconnected", "error") and self.down_checks:
-            # Never more often than the interval, and never slower than 30 s (or the interval
-            # itself, when that is longer: the llm probe's minute).
-            cap = max(MAX_BACKOFF, self.probe.interval)
-            return min(cap, self.probe.interval * 2 ** self.down_checks)
-        return self.probe.interval
+        """Seconds until the next check (StateMachine.pause for this probe's interval)."""
+        return self.machine.pause(self.probe.interval)
 
     def _refresh_requested(self, control) -> bool:
         wanted = False
@@ -270,13 +316,10 @@ class ProbeRunner:
             self.publisher.send(f"timing.{self.probe.service}", {
                 "service": self.probe.service, "endpoint": t.endpoint, "duration_ms": round(t.duration_ms, 3),
                 "ok": t.ok, "error_kind": t.error_kind})
-        self.last_check = time.monotonic()
+        self.last_check = self.clock()
         state = self.machine.update(result)
-        if state in ("disconnected", "error") and not self.machine.unconfirmed:
-            self.down_checks += 1
+        if self.machine.pace == StateMachine.BACKING_OFF:
             result.details["retry_in_s"] = round(self.pause, 3)
-        else:
-            self.down_checks = 0
         self._publish_status(result, state)
         return result
 

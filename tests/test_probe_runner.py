@@ -1,14 +1,18 @@
 """The behaviour every probe shares: damping both ways, reconnect backoff, timing events,
-required/optional on the bus, refresh (also through a real aggregator and client)."""
+required/optional on the bus, refresh (also through a real aggregator and client), and the
+loop itself replayed on a fake clock through a week of outage."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 import pytest
 
 from bus.protocol import Publisher
-from bus.sockets import close, pub_socket
-from probes.base import MAX_BACKOFF, CheckResult, Probe, ProbeRunner, StateMachine, Timing
+from bus.sockets import close, new_context, pub_socket
+from probes.base import (CONFIRM_DELAY, HEARTBEAT_INTERVAL, MAX_BACKOFF, CheckResult, Probe, ProbeRunner,
+                         StateMachine, Timing)
+from probes.http import ProbeError
 from tests.conftest import wait_for
 from tests.fakes.comfyui import FakeComfyUI
 from tests.fakes.tap import BusTap
@@ -82,6 +86,100 @@ def test_backoff_doubles_while_down_and_caps_at_30_s(runner):
     r.check_once()
     r.check_once()
     assert r.machine.state == "connected" and r.pause == 1.0
+
+
+def test_backoff_survives_thousands_of_failed_checks(runner):
+    """8.5 h of a switched-off backend is 1024 checks; the exponent must not grow with them
+    (2 ** 1024 does not fit a float: OverflowError killed the probe)."""
+    make, tap = runner
+    r = make(Scripted([False] * 3000, interval=1.0), failures_to_down=2)
+    for _ in range(3000):
+        r.check_once()
+        assert 0 < r.pause <= MAX_BACKOFF
+    assert r.machine.state == "disconnected" and r.machine.pace == StateMachine.BACKING_OFF
+    assert r.pause == MAX_BACKOFF
+
+
+class FakeClock:
+    def __init__(self, t: float = 5000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Recording(Publisher):
+    """A real publisher (real socket) that also notes what it sent at which fake time."""
+
+    def __init__(self, sock, src, clock) -> None:
+        super().__init__(sock, src)
+        self.clock, self.sent = clock, []
+
+    def send(self, topic, body):
+        self.sent.append((self.clock(), topic, body))
+        return super().send(topic, body)
+
+
+def test_a_week_of_outage_on_a_fake_clock(endpoints):
+    """The real loop (ProbeRunner.loop) on a fake monotonic clock: the backend refuses every
+    check for 7 days, then comes back. The probe stays alive, beats every second, checks at
+    most 30 s apart all week, and sees the recovery within one backoff step."""
+    week = 7 * 86400.0
+    clock = FakeClock()
+    t0 = clock()
+    checks: list[float] = []
+
+    class Backend(Probe):
+        kind = "scripted"
+
+        def check(self):
+            checks.append(clock())
+            if clock() - t0 < week:
+                raise ProbeError("refused", "connection refused")
+            return CheckResult(True, version="1.0")
+
+    r = ProbeRunner(Backend("svc", {"url": "http://127.0.0.1:9", "interval": 2.0, "timeout": 2.0}),
+                    endpoints, clock=clock)
+    ctx = new_context()
+    sock = pub_socket(ctx, endpoints.events)  # nothing listens: sends are dropped by ZeroMQ, never block
+    r.publisher = Recording(sock, r.src, clock)
+    up_at: list[float] = []
+
+    def wait(seconds):
+        assert 0 <= seconds <= 1.0  # never sleeps past the next beat
+        clock.t += seconds
+        if not up_at and r.machine.state == "connected":
+            up_at.append(clock())
+        if up_at or clock() - t0 > week + 120:
+            r.stop.set()
+        return False, False
+
+    def submit(fn):  # the check completes at once: a refused connection returns immediately
+        f = Future()
+        f.set_result(fn())
+        return f
+
+    try:
+        r.loop(wait, submit)  # raises nothing for the whole week
+    finally:
+        close(sock)
+        ctx.term()
+
+    beats = [t for t, topic, _ in r.publisher.sent if topic.startswith("heartbeat.")]
+    beat_gap = max(b - a for a, b in zip(beats, beats[1:]))
+    down = [c for c in checks if c - t0 < week]
+    check_gap = max(b - a for a, b in zip(down, down[1:]))
+    print(f"week on a fake clock: {len(down)} failed checks, {len(beats)} heartbeats, "
+          f"max gap between checks {check_gap:.3f} s, between heartbeats {beat_gap:.3f} s")
+    assert beats[-1] - t0 >= week and down[-1] - t0 >= week - MAX_BACKOFF
+    assert beat_gap <= HEARTBEAT_INTERVAL + 1e-6
+    assert check_gap <= MAX_BACKOFF + 1e-6
+    assert len(down) >= week / MAX_BACKOFF  # it kept checking, never fell silent
+    retry = [b["details"]["retry_in_s"] for _, topic, b in r.publisher.sent
+             if topic == "status.svc" and "retry_in_s" in b["details"]]
+    assert retry and max(retry) == MAX_BACKOFF
+    # Back after a week: noticed at the next check (<= 30 s), confirmed a quick re-check later.
+    assert up_at and up_at[0] - (t0 + week) <= MAX_BACKOFF + CONFIRM_DELAY + 0.1
 
 
 def test_status_and_timing_on_the_bus(runner):
