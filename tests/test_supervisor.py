@@ -1,13 +1,17 @@
 """`md-probes run-all`: one child per enabled service, a crashed child restarted with
-backoff, and a clean stop (lifeline EOF or SIGTERM) that leaves no orphans."""
+backoff (capped, however often it crashes), and a clean stop (lifeline EOF or SIGTERM)
+that leaves no orphans."""
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 
 import psutil
 import pytest
 
-from probes.supervisor import MAX_BACKOFF, restart_delay
+from bus.config import Config
+from probes.supervisor import FIRST_BACKOFF, MAX_BACKOFF, STABLE_AFTER, Child, restart_delay, supervise
 from tests.conftest import wait_for
 from tests.fakes.comfyui import FakeComfyUI
 from tests.fakes.gradio import FakeGradio
@@ -44,6 +48,61 @@ def two_service_config(tmp_path, monkeypatch):
 def test_restart_delay_backs_off_to_the_cap():
     assert [restart_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert restart_delay(20) == MAX_BACKOFF
+    # 0.5 * 2 ** 1024 does not fit a float: the 1025th restart raised OverflowError and the
+    # supervisor's finally stopped every probe.
+    assert all(restart_delay(n) == MAX_BACKOFF for n in range(7, 5001))
+
+
+def test_a_child_crashing_5000_times_on_a_fake_clock():
+    """The supervisor's decisions (Child) replayed: start, crash 0.3 s later, wait, start..."""
+    now = 1000.0
+    life = Child(now)
+    assert life.state == Child.STARTING and life.start_due(now)
+    delays, starts = [], []
+    for _ in range(5000):
+        assert life.start_due(now)
+        life.started(now)
+        starts.append(now)
+        assert life.state == Child.RUNNING and not life.start_due(now + 1e6)  # never a second copy
+        now += 0.3
+        delays.append(life.exited(now))
+        assert life.state == Child.BACKING_OFF
+        assert not life.start_due(now + delays[-1] - 0.01)  # no restart before its delay
+        now += delays[-1]
+    assert delays[:7] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, MAX_BACKOFF]
+    assert set(delays[6:]) == {MAX_BACKOFF}
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert max(gaps) <= MAX_BACKOFF + 0.3 + 1e-6 and life.restarts == 5000
+    # A child that settled (ran STABLE_AFTER) and then crashed starts its backoff over.
+    life.started(now)
+    assert life.exited(now + STABLE_AFTER) == FIRST_BACKOFF
+
+
+def test_a_crash_looping_child_is_restarted_with_a_capped_delay(caplog):
+    """Real processes: a child that exits at once (its config has no such service) is
+    restarted again and again with the delay doubling to the cap, and the others' supervisor
+    stays up. Small delays (0.05 s to 0.2 s) keep the test short; the rule is the same."""
+    caplog.set_level(logging.INFO, logger="probes.supervisor")
+    stop = threading.Event()
+    result = []
+    thread = threading.Thread(target=lambda: result.append(
+        supervise(Config(services={"ghost": {}}), None, stop, first_backoff=0.05, max_backoff=0.2)), daemon=True)
+    thread.start()
+
+    def exits():
+        return [r for r in caplog.records if r.getMessage().startswith("probe ghost exited with code 2")]
+
+    try:
+        wait_for(lambda: len(exits()) >= 8, timeout=90, every=0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and result == [0]
+    delays = [r.args[3] for r in exits()]
+    assert delays[:4] == [0.05, 0.1, 0.2, 0.2] and max(delays) == 0.2
+    pids = [r.args[1] for r in caplog.records if r.getMessage().startswith("probe ghost started")]
+    assert len(set(pids)) >= 8
+    assert "all probes stopped" in caplog.text
 
 
 def test_kill_9_child_is_restarted_and_stop_leaves_no_orphans(endpoints, procs, client, two_service_config):
