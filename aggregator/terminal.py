@@ -1,8 +1,14 @@
-"""Human-readable rendering of the state for `status` and `watch` (plain text, no curses)."""
+"""Human-readable rendering of the state for `status` and `watch` (plain text, no curses).
+
+What is rendered is shaped for the stream it goes to (stdout unless told): ANSI colours
+only on a terminal, and plain characters for the glyphs a stream cannot encode (a Windows
+console or a pipe with a cp1252 code page), so printing never raises UnicodeEncodeError.
+"""
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 STATE_WORDS = {
     "connected": ("\033[32m", "● Connected"),
@@ -26,6 +32,33 @@ def _ago(ts: float, now: float) -> str:
 
 
 SPARKS = "▁▂▃▄▅▆▇█"
+# The plain stand-in of every glyph used here, for a stream that cannot encode it.
+PLAIN = str.maketrans({"●": "*", "◌": "o", "✖": "x", "▲": "!", "—": "-", "…": "~",
+                       **dict(zip(SPARKS, "_.:-=+*#"))})
+
+
+def is_terminal(stream: TextIO | None = None) -> bool:
+    stream = stream or sys.stdout
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def printable(text: str, stream: TextIO | None = None) -> str:
+    """`text` as `stream` can show it: if any character cannot be encoded in the stream's
+    encoding, every glyph becomes its plain stand-in (a consistent screen) and whatever else
+    is left unencodable (a backend's error text) becomes '?'."""
+    stream = stream or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    try:
+        text.encode(encoding)
+        return text
+    except UnicodeEncodeError:
+        pass
+    except LookupError:  # an encoding name Python does not know
+        encoding = "ascii"
+    return text.translate(PLAIN).encode(encoding, "replace").decode(encoding)
 
 
 def _fit(text: str, width: int) -> str:
@@ -59,10 +92,13 @@ def _series(history: dict[str, Any], name: str, key: str, width: int) -> list:
     return out
 
 
-def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool = True,
+def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool | None = None,
            now: float | None = None, header: str = "", history: dict[str, Any] | None = None,
-           alerts: list[dict[str, Any]] | None = None, persistence: dict[str, Any] | None = None) -> str:
+           alerts: list[dict[str, Any]] | None = None, persistence: dict[str, Any] | None = None,
+           stream: TextIO | None = None) -> str:
+    """The status table (and trends, alerts) for `stream`; colour defaults to "is a terminal"."""
     now = time.time() if now is None else now
+    color = is_terminal(stream) if color is None else color
     lines = []
     if header:
         lines.append(header)
@@ -101,7 +137,7 @@ def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool = T
     if persistence and persistence.get("mode") == "memory":
         lines.append("")
         lines.append(f"History is kept in memory only: {persistence.get('reason', '')}")
-    return "\n".join(lines)
+    return printable("\n".join(lines), stream)
 
 
 def _pct(v: float | None) -> str:
@@ -139,7 +175,7 @@ COMPARE_ROWS = (
 )
 
 
-def render_compare(services: dict[str, dict[str, Any]], window: str = "5m") -> str:
+def render_compare(services: dict[str, dict[str, Any]], window: str = "5m", stream: TextIO | None = None) -> str:
     """Every service side by side, one metric per row, for one window."""
     names = sorted(services)
     if not names:
@@ -161,10 +197,10 @@ def render_compare(services: dict[str, dict[str, Any]], window: str = "5m") -> s
             cost = "unpriced" if m.get("cost_usd") is None else f"${m['cost_usd']:.4f}"
             lines.append(f"  {model:<28} in {m['tokens_in']:>9} out {m['tokens_out']:>9} req {m['requests']:>6} "
                          f"p95 {_num(m.get('latency_p95_ms'))} ms  {cost}")
-    return "\n".join(lines)
+    return printable("\n".join(lines), stream)
 
 
-def render_alerts(alerts: list[dict[str, Any]], now: float | None = None) -> str:
+def render_alerts(alerts: list[dict[str, Any]], now: float | None = None, stream: TextIO | None = None) -> str:
     if not alerts:
         return "No active alerts."
     now = time.time() if now is None else now
@@ -172,4 +208,4 @@ def render_alerts(alerts: list[dict[str, Any]], now: float | None = None) -> str
     for a in sorted(alerts, key=lambda a: (a.get("service", ""), a.get("name", ""))):
         lines.append(f"{a.get('service', ''):<10} {a.get('name', ''):<12} {_ago(a.get('since', 0), now):>9}  "
                      f"{a.get('message', '')}")
-    return "\n".join(lines)
+    return printable("\n".join(lines), stream)
