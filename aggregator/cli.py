@@ -11,7 +11,7 @@ import time
 from bus.client import MonitorClient
 from bus.config import ConfigError, load
 from bus.lifeline import spawn, stop as stop_child, watch_stdin
-from bus.sockets import Endpoints
+from bus.sockets import Endpoints, endpoint_in_use
 
 from .server import Aggregator, AlreadyRunning
 from .settings import from_config
@@ -189,8 +189,18 @@ def _export_from_file(args):
         return None, 0
 
 
+UP_ASK_WAIT = 5.0  # seconds a monitor already holding the endpoints gets to answer `up`'s snapshot request
+
+
 def cmd_up(args) -> int:
-    """Aggregator + probe supervisor as children, live view in the foreground."""
+    """Aggregator + probe supervisor as children, live view in the foreground; or, when a
+    monitor already runs on these endpoints (one Blender started, say), just its live view:
+    a second aggregator could not bind, and a second set of probes would publish as the
+    same sources."""
+    endpoints = _endpoints(args)
+    held = [ep for ep in (endpoints.events, endpoints.snapshots, endpoints.requests) if endpoint_in_use(ep)]
+    if held:
+        return _show_running(args, endpoints, held)
     cfg_args = ["--config", args.config] if args.config else []
     from pathlib import Path
 
@@ -203,13 +213,30 @@ def cmd_up(args) -> int:
     out = {"stdout": log_file, "stderr": log_file}
     children = [spawn([py, "-m", "aggregator", *cfg_args, *_endpoint_args(args), "run"], **out),
                 spawn([py, "-m", "probes", *cfg_args, "run-all"], **out)]
-    print(f"Started the aggregator and probes; their logs go to {log_path}")
+    print(f"Started the aggregator and probes; their logs go to {log_path}", flush=True)
     try:
         return cmd_watch(args)
     finally:
         for child in reversed(children):
             stop_child(child)
         log_file.close()
+
+
+def _show_running(args, endpoints: Endpoints, held: list[str]) -> int:
+    """Something listens on our endpoints: watch it if it answers as an aggregator, else refuse."""
+    with _synced_client(args, UP_ASK_WAIT) as client:
+        ours = client.has_snapshot
+        instance = client.aggregator.get("instance")
+    where = f"{endpoints.events}, {endpoints.snapshots}, {endpoints.requests}"
+    if not ours:
+        print(f"md-health: {', '.join(held)} {'is' if len(held) == 1 else 'are'} in use, but nothing there answered "
+              f"as a Movie Director monitor (no snapshot reply at {endpoints.requests} within {UP_ASK_WAIT:g} s): "
+              "another program holds the port. Nothing was started. Stop that program, or choose other endpoints "
+              "with --events/--snapshots/--requests.", file=sys.stderr)
+        return 3
+    print(f"A monitor is already running at {where}{f' (instance {instance})' if instance else ''}; "
+          "showing it. Nothing new was started.", flush=True)
+    return cmd_watch(args)
 
 
 def _endpoint_args(args) -> list[str]:

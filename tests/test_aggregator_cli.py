@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+
+import psutil
 
 from tests.conftest import ROOT, wait_for
 from tests.fakes.comfyui import FakeComfyUI
@@ -82,3 +85,68 @@ def test_status_table_never_cuts_a_version_silently():
     table = render(services, online=True, color=False)
     assert "gradio 5.29.0 " in table  # shown whole, not as "gradio 5.29."
     assert "gradio 5.29.0…" in table and "beta" not in table  # too long: cut visibly
+
+
+def _children(proc: subprocess.Popen) -> list:
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_up_beside_a_running_monitor_shows_it_and_starts_nothing(endpoints, procs, client):
+    """`make run` while Blender's local monitor runs: `md-health up` finds the aggregator on
+    the endpoints, says so, shows it, and starts no aggregator and no second set of probes."""
+    agg = procs.aggregator()
+    wait_for(lambda: client.has_snapshot and client.aggregator.get("instance"), timeout=30, client=client)
+    instance = client.aggregator["instance"]
+    up = subprocess.Popen([sys.executable, "-m", "aggregator", "up", "--every", "0.2"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, cwd=ROOT)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(up.stdout.readline, b"")), daemon=True)
+    reader.start()
+    try:
+        seen_children = []
+        # The message, then the first screen of the live view of that monitor.
+        wait_for(lambda: seen_children.extend(_children(up)) or
+                 b"Movie Director backend health" in b"".join(lines), timeout=30, every=0.05)
+        text = b"".join(lines).decode()
+        assert "A monitor is already running at" in text and endpoints.requests in text
+        assert f"(instance {instance})" in text and "Started" not in text
+        seen_children.extend(_children(up))
+        assert seen_children == [], f"md-health up started {seen_children}"
+        assert up.poll() is None  # still showing it
+    finally:
+        up.kill()
+        up.wait(timeout=10)
+    assert agg.poll() is None  # the running monitor is untouched
+    wait_for(lambda: client.online and client.aggregator.get("instance") == instance, timeout=10, client=client)
+
+
+def test_up_refuses_endpoints_held_by_another_program(endpoints):
+    """A port held by something that is not an aggregator: say so, start nothing, exit non-zero."""
+    import socket
+
+    holders = []
+    for ep in (endpoints.events, endpoints.snapshots, endpoints.requests):
+        s = socket.socket()
+        s.bind(("127.0.0.1", int(ep.rsplit(":", 1)[1])))
+        s.listen(8)
+        holders.append(s)
+    try:
+        up = subprocess.Popen([sys.executable, "-m", "aggregator", "up"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=ROOT)
+        seen_children = []
+        try:
+            wait_for(lambda: seen_children.extend(_children(up)) or up.poll() is not None, timeout=60, every=0.02)
+        finally:
+            if up.poll() is None:
+                up.kill()
+        out, err = (b.decode() for b in up.communicate(timeout=10))
+    finally:
+        for s in holders:
+            s.close()
+    assert up.returncode == 3, (out, err)
+    assert "nothing there answered as a Movie Director monitor" in err and endpoints.events in err
+    assert "Nothing was started" in err and "Started" not in out and "Traceback" not in err
+    assert seen_children == []
