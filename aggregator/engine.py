@@ -20,6 +20,11 @@ from .tiers import DOWN, UNKNOWN, UP, Agg, Tier
 PROBE_DEAD_AFTER_BEATS = 3  # missed heartbeats before a probe counts as dead
 JOB_TIMES_KEPT = 500        # recent job processing times kept for their percentiles
 ALERT_EVAL_EVERY = 1.0      # seconds of clock time between alert evaluations
+# Two clock readings further apart than this mean nobody watched in between: the machine
+# slept (a monotonic clock that counts suspend, or the shell's timeline following a forward
+# wall-clock step), or the process was stopped. The shell reads the clock 4 times a second;
+# 15 s is far beyond a stall of a loaded machine and far below any sleep worth the name.
+MAX_OBSERVED_STEP = 15.0
 STATE_CLASS = {"connected": UP, "disconnected": DOWN, "error": DOWN}  # anything else: unknown
 _key = sketch.key
 
@@ -67,6 +72,16 @@ class Series:
         self.live_end = (self.live.acc_k + 1) * self.live.step
         return True
 
+    def unobserved(self, t0: float, t1: float) -> None:
+        """Nobody watched [t0, t1): that time is unknown, whatever the state was before."""
+        self.advance(t0)
+        self._credit(t0)
+        cls, self.cls = self.cls, UNKNOWN
+        self.advance(t1)
+        self._credit(t1)
+        self.cls = cls
+        self.state_changes += 1
+
     def set_state(self, now: float, cls: int, at: float | None = None) -> None:
         """The state class changes at `at` (default now; earlier when a silence is noticed late)."""
         at = now if at is None else min(now, max(at, self.credited))
@@ -100,6 +115,7 @@ class ServiceState:
         self.usage_since = 0.0
         self.src_since = 0.0  # when this probe (src) first reported: grace before its first heartbeat
         self.dead = False     # probe silent: shown as unknown, while `status` keeps its last report
+        self.down_since: float | None = None  # when the state class became down (disconnected or error)
         self.version = 0
         self.cache: tuple[int, dict[str, Any]] | None = None
         self.window_cache: dict[int, tuple[tuple, dict[str, Any]]] = {}  # tier -> (refresh slot, figures)
@@ -118,14 +134,41 @@ class Engine:
         self._last_alert_eval = -math.inf
         self._now = -math.inf
         self.bad_events = 0       # events that raised inside the engine (a bug, or input we missed)
+        self.unobserved_s = 0.0   # clock steps counted as unobserved time (MAX_OBSERVED_STEP)
         self.last_bad_event = ""
 
     def _time(self) -> float:
         now = self.clock()
-        if now < self._now:  # a wall clock stepped back: never let time run backwards inside
-            return self._now
+        last = self._now
+        if now <= last:  # a clock that went back (the shell's timeline never does): time holds
+            return last
         self._now = now
+        if now - last > MAX_OBSERVED_STEP and last > -math.inf:
+            self._unobserved(last, now)
         return now
+
+    def _unobserved(self, t0: float, t1: float) -> None:
+        """A step of the clock longer than MAX_OBSERVED_STEP: [t0, t1) is credited unknown, and
+        the timers that measure silence or duration (probe heartbeats, down timers, alert
+        conditions) skip it, so a sleep neither invents uptime nor kills every probe."""
+        gap = t1 - t0
+        for svc in self.services.values():
+            svc.series.unobserved(t0, t1)
+            svc.src_since += gap
+            if svc.down_since is not None:
+                svc.down_since += gap
+            svc.version += 1
+        self.probes = {src: (last + gap, interval, names) for src, (last, interval, names) in self.probes.items()}
+        for alert in self.alerts.values():
+            if alert.bad_since is not None:
+                alert.bad_since += gap
+            if alert.good_since is not None:
+                alert.good_since += gap
+        self.unobserved_s += gap
+
+    def history_end(self) -> float:
+        """The latest time the engine's services are accounted for (restored history included)."""
+        return max((svc.series.credited for svc in self.services.values()), default=-math.inf)
 
     def _service(self, name: str, now: float) -> ServiceState:
         svc = self.services.get(name)
@@ -242,6 +285,7 @@ class Engine:
         cls = UNKNOWN if svc.dead else STATE_CLASS.get(svc.status.get("state"), UNKNOWN)
         if cls != svc.series.cls:
             svc.series.set_state(now, cls, at)
+            svc.down_since = now if cls == DOWN else None  # disconnected <-> error keeps it running
 
     def _on_usage(self, body: dict[str, Any], now: float) -> set[str]:
         svc = self._service("llm", now)
@@ -342,6 +386,7 @@ class Engine:
         out = dict(cached[1])
         out["probe_alive"] = bool(svc.src) and not svc.dead
         out["since_change_s"] = max(0.0, now - svc.last_change) if svc.last_change else None
+        out["down_for_s"] = None if svc.down_since is None else max(0.0, now - svc.down_since)
         return out
 
     def _build(self, svc: ServiceState, now: float) -> dict[str, Any]:
@@ -533,9 +578,10 @@ def _number(v: Any) -> bool:
 
 
 def _exact_q(values: list[float], q: float) -> float | None:
+    """Nearest rank (docs/metrics.md): the value at 1-based rank ceil(q * n), at least 1. The
+    product is rounded to 9 places first, so float noise (0.07 * 100 = 7.000000000000001)
+    does not push the rank up by one."""
     if not values:
         return None
-    pos = (len(values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+    rank = max(1, math.ceil(round(q * len(values), 9)))
+    return values[min(rank, len(values)) - 1]

@@ -25,6 +25,7 @@ from . import export as exporter
 from .engine import Engine
 from .settings import Settings
 from .store import Store, StoreUnavailable
+from .timeline import Timeline
 
 log = logging.getLogger("aggregator")
 
@@ -57,10 +58,13 @@ def encode_raw_body(topic: str, src: str, seq: int, packed_body: bytes) -> bytes
 class Aggregator:
     def __init__(self, endpoints: Endpoints, *, engine: Engine | None = None,
                  stop: threading.Event | None = None, settings: Settings | None = None,
-                 metrics_port: int | None = None) -> None:
+                 metrics_port: int | None = None, mono=time.monotonic, wall=time.time) -> None:
+        """`mono` and `wall` are the clock sources of the engine's timeline (aggregator/timeline.py);
+        a test injects them to step the wall clock without touching the machine's."""
         self.endpoints = endpoints
         self.settings = settings or (engine.settings if engine else Settings())
-        self.engine = engine or Engine(clock=time.time, settings=self.settings)
+        self.timeline = Timeline(mono, wall)
+        self.engine = engine or Engine(clock=self.timeline, settings=self.settings)
         self.stop = stop or threading.Event()
         self.instance = uuid.uuid4().hex[:12]
         self.rejects = RejectCounter()
@@ -93,6 +97,9 @@ class Aggregator:
         except StoreUnavailable as exc:
             self._to_memory(str(exc))
             return
+        # Stored history may end ahead of the clock (written before a backward step): the
+        # timeline starts at its end, so its buckets keep closing.
+        self.timeline.not_before(self.engine.history_end())
         self.engine.persistence = {"mode": "sqlite", "path": str(self.store.path),
                                    "quarantined": str(self.store.quarantined) if self.store.quarantined else None}
         log.info("history in %s (%d buckets restored for %d services)", self.store.path, buckets,
