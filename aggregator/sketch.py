@@ -7,15 +7,19 @@ accuracy, so our bins are exactly a `ddsketch.DDSketch`'s bins and merge the sam
 2,100 buckets of those would be 33 MB. A closed bucket's bins are instead packed into one
 `bytes` object (4 bytes header, then usually 1 byte per occupied bin), a few dozen bytes.
 
-Quantiles follow `DDSketch.get_quantile_value` exactly (rank = q * (count - 1), lowest
-key whose running count exceeds the rank, value = the bin's representative value);
-`to_ddsketch()` rebuilds a real package sketch, and a test checks both agree.
+Quantiles use the nearest-rank rule (docs/metrics.md): the q-quantile of n values is the
+value at 1-based rank ceil(q * n), at least 1, so the p99 of a few samples is the slowest
+of them, as a person reading "p99" expects. The sketch answers with the representative
+value of the bin that holds that sample, which is within 1 % of it. (DDSketch's own
+`get_quantile_value` interpolates the rank as q * (n - 1), which puts the p99 of 4 samples
+at the third; we share its bins and mapping, not that rule.) `to_ddsketch()` rebuilds a
+real package sketch with the same bins.
 """
 from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from itertools import accumulate
 from typing import Iterable
 
@@ -104,8 +108,16 @@ def add_packed(bins: dict[int, int], blob: bytes | None, sign: int = 1) -> None:
             bins.pop(k, None)
 
 
+def nearest_rank(q: float, n: int) -> int:
+    """The 1-based rank of the q-quantile of n values: ceil(q * n), between 1 and n. The
+    product is rounded to 9 places first, so float noise (0.07 * 100 = 7.000000000000001)
+    does not push the rank up by one."""
+    return min(n, max(1, _ceil(round(q * n, 9))))
+
+
 def quantiles(bins: dict[int, int], qs: tuple[float, ...]) -> list[float | None]:
-    """Quantile values (ascending qs) from bins, as DDSketch.get_quantile_value computes them.
+    """Quantile values (ascending qs) from bins, by nearest rank: the first key whose running
+    count reaches the rank.
 
     The rank search is a bisect over running counts (accumulate/bisect run in C), which is
     what keeps a window's p50/p95/p99 at a few microseconds for a few hundred bins."""
@@ -114,45 +126,7 @@ def quantiles(bins: dict[int, int], qs: tuple[float, ...]) -> list[float | None]
     keys = sorted(bins)
     cum = list(accumulate([bins[k] for k in keys]))
     total = cum[-1]
-    last = len(keys) - 1
-    return [value(keys[min(bisect_right(cum, q * (total - 1)), last)]) for q in qs]
-
-
-def quantiles_sorted(keys: list[int], cum: list[int], qs: tuple[float, ...],
-                     extra: dict[int, int] | None = None) -> list[float | None]:
-    """Quantiles of (sorted keys with running counts) plus a few `extra` bins, without
-    merging them: the window's bins stay as they are and only the extra keys are walked.
-    Same rank rule as DDSketch.get_quantile_value."""
-    if not extra:
-        if not cum:
-            return [None] * len(qs)
-        last = len(keys) - 1
-        total = cum[-1]
-        return [value(keys[min(bisect_right(cum, q * (total - 1)), last)]) for q in qs]
-    ek = sorted(extra)
-    ec = list(accumulate([extra[k] for k in ek]))
-    total = (cum[-1] if cum else 0) + ec[-1]
-    top = max(ek[-1], keys[-1]) if keys else ek[-1]
-    out: list[float | None] = []
-    for q in qs:
-        rank = q * (total - 1)
-        found, before, start = top, 0, 0  # before: extra counts below the current segment
-        for j in range(len(ek) + 1):
-            end = bisect_left(keys, ek[j]) if j < len(ek) else len(keys)
-            i = bisect_right(cum, rank - before, start, end)  # first window key with enough below it
-            if i < end:
-                found = keys[i]
-                break
-            if j == len(ek):
-                break
-            le = bisect_right(keys, ek[j])  # window keys <= this extra key
-            before = ec[j]
-            if (cum[le - 1] if le else 0) + before > rank:
-                found = ek[j]
-                break
-            start = le
-        out.append(value(found))
-    return out
+    return [value(keys[bisect_left(cum, nearest_rank(q, total))]) for q in qs]
 
 
 class Counts:
@@ -217,8 +191,8 @@ class Counts:
             i -= i & -i
         return s
 
-    def key_at(self, rank: float) -> int:
-        """Smallest key whose running count exceeds rank (DDSketch's rule): a Fenwick descent."""
+    def key_at(self, rank: int) -> int:
+        """Smallest key whose running count exceeds rank (a 0-based rank): a Fenwick descent."""
         if rank < self.zeros:
             return ZERO_KEY
         rank -= self.zeros
@@ -236,7 +210,7 @@ class Counts:
     def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
         if self.total <= 0:
             return [None] * len(qs)
-        return [value(self.key_at(q * (self.total - 1))) for q in qs]
+        return [value(self.key_at(nearest_rank(q, self.total) - 1)) for q in qs]
 
 
 def to_ddsketch(bins: dict[int, int]):
