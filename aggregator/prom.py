@@ -7,12 +7,25 @@ named in blackbox_exporter's spirit (probe_success, durations, uptime ratios) wi
 The HTTP server runs in prometheus_client's thread, so it never touches the engine: the
 aggregator loop hands it a finished state dict once a second (`publish()` swaps one
 reference, which is atomic in CPython), and a scrape reads only that.
+
+Types keep Prometheus's promises. A counter only grows, so only figures that only grow
+are counters (LLM tokens, requests and spend, totals that the engine only adds to). The
+latency and request figures are the engine's sliding windows: they fall as samples age
+out, so they are gauges with the window in their name and labels, and the latency
+quantiles are a summary without `_count` and `_sum`. Counting each request once for a
+monotone total needs the event stream, and this collector sees only a 1 Hz snapshot of
+windows in which arrivals and departures are already netted out; a "total" built from
+those would be a guess. The state is a StateSet: every known state 0 or 1, so a
+change drops the old state's series to 0 instead of leaving it stale.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric,
+                                   StateSetMetricFamily)
+
+from bus.protocol import STATE_UNKNOWN, STATES
 
 QUANTILES = (("p50_ms", "0.5"), ("p95_ms", "0.95"), ("p99_ms", "0.99"))
 
@@ -34,12 +47,15 @@ class EngineCollector:
         success = g("probe_success", "1 if the service is connected (usable), else 0", ["service"])
         alive = g("probe_alive", "1 if the service's probe is sending heartbeats", ["service"])
         required = g("service_required", "1 if the add-on needs this service", ["service"])
-        st = g("state", "1 for the service's current state", ["service", "state"])
+        st = StateSetMetricFamily("md_health_state", "the service's state: 1 for the current one, 0 for the others",
+                                  labels=["service"])
         since = g("since_change_seconds", "seconds since the service's state last changed", ["service"])
-        # A summary per window: quantiles from the window's DDSketch (1 % relative error),
-        # _count and _sum over the successful requests.
-        dur = Metric("md_health_probe_duration_seconds",
-                     "response time of successful requests over the window", "summary")
+        # Window quantiles are a summary's quantiles (client libraries compute those over a
+        # sliding window too), with no _count or _sum: those must be totals since start.
+        dur = Metric("md_health_probe_duration_seconds", "response time of successful requests over the window: "
+                     "nearest-rank quantiles from the window's DDSketch (1 % relative error)", "summary")
+        mean = g("window_mean_duration_seconds", "mean response time of successful requests over the window",
+                 ["service", "window"])
         checks = g("window_requests", "requests (checks) seen in the window", ["service", "window"])
         ok_ratio = g("success_ratio", "share of successful requests in the window", ["service", "window"])
         uptime = g("uptime_ratio", "time connected / time with a known state, over the window", ["service", "window"])
@@ -54,17 +70,16 @@ class EngineCollector:
             success.add_metric([name], 1.0 if r.get("state") == "connected" else 0.0)
             alive.add_metric([name], 1.0 if r.get("probe_alive") else 0.0)
             required.add_metric([name], 1.0 if r.get("required") else 0.0)
-            st.add_metric([name, str(r.get("state", "unknown"))], 1.0)
+            now_state = r.get("state") if r.get("state") in STATES else STATE_UNKNOWN
+            st.add_metric([name], {state: state == now_state for state in STATES})
             if r.get("since_change_s") is not None:
                 since.add_metric([name], float(r["since_change_s"]))
             for window, w in (r.get("windows") or {}).items():
-                labels = {"service": name, "window": window}
-                ok = round((w.get("count") or 0) * (w.get("success_rate") or 0.0))
                 for key, q in QUANTILES:
                     if w.get(key) is not None:
-                        dur.add_sample(dur.name, {**labels, "quantile": q}, w[key] / 1000.0)
-                dur.add_sample(dur.name + "_count", labels, float(ok))
-                dur.add_sample(dur.name + "_sum", labels, (w.get("avg_ms") or 0.0) * ok / 1000.0)
+                        dur.add_sample(dur.name, {"service": name, "window": window, "quantile": q}, w[key] / 1000.0)
+                if w.get("avg_ms") is not None:
+                    mean.add_metric([name, window], w["avg_ms"] / 1000.0)
                 checks.add_metric([name, window], float(w.get("count") or 0))
                 for fam, key in ((ok_ratio, "success_rate"), (uptime, "uptime"), (unknown, "unknown_ratio")):
                     if w.get(key) is not None:
@@ -83,7 +98,7 @@ class EngineCollector:
             alerts.add_metric([a["service"], a["name"]], 1.0)
         persisted = g("history_persisted", "1 if history is written to disk, 0 if kept in memory only", [])
         persisted.add_metric([], 1.0 if (state.get("persistence") or {}).get("mode") == "sqlite" else 0.0)
-        yield from (success, alive, required, st, since, dur, checks, ok_ratio, uptime, unknown, queue,
+        yield from (success, alive, required, st, since, dur, mean, checks, ok_ratio, uptime, unknown, queue,
                     tokens, requests, cost, alerts, persisted)
 
 
