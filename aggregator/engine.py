@@ -15,7 +15,7 @@ from bus.protocol import STATE_UNKNOWN, Message
 from . import alerts as alerting
 from . import sketch
 from .settings import Settings, label
-from .tiers import DOWN, UNKNOWN, UP, Agg, Tier
+from .tiers import DOWN, UNKNOWN, UP, Agg, Tier, agg_from_row, agg_row
 
 PROBE_DEAD_AFTER_BEATS = 3  # missed heartbeats before a probe counts as dead
 JOB_TIMES_KEPT = 500        # recent job processing times kept for their percentiles
@@ -376,6 +376,87 @@ class Engine:
     def active_alerts(self) -> list[dict[str, Any]]:
         return [a.as_dict() for a in self.alerts.values() if a.active]
 
+    # -- persistence: plain rows out and in (aggregator/store.py writes and reads them) ----
+    def rows_to_persist(self, written: dict[tuple[str, str], int]) -> dict[str, Any]:
+        """Everything a flush writes, as plain data:
+
+        - "buckets": (service, tier, k, *tiers.agg_row(bucket)) for each closed bucket newer
+          than `written[(service, tier)]` (the newest one already committed) and each open one,
+          with state time credited up to now;
+        - "deletes": (service, tier, oldest k still held): older rows left the ring;
+        - "services": (service, plain dict) of what a restart needs besides the buckets;
+        - "alerts": the active alerts (Alert.as_dict());
+        - "marks": the new `written` values, for the store to keep once its commit succeeded."""
+        now = self._time()
+        buckets, deletes, services, marks = [], [], [], {}
+        for name, svc in self.services.items():
+            series = svc.series
+            series.advance(now)
+            series._credit(now)  # so the open buckets on disk hold their state time up to now
+            for tier in series.tiers:
+                tname = tier.name
+                oldest = tier.head - tier.filled + 1
+                for k in range(max(oldest, written.get((name, tname), oldest - 1) + 1), tier.head + 1):
+                    buckets.append((name, tname, k, *agg_row(tier.bucket_at(k % tier.n))))
+                if tier.acc_k is not None:
+                    buckets.append((name, tname, tier.acc_k, *agg_row(tier.acc)))
+                marks[(name, tname)] = tier.head
+                deletes.append((name, tname, oldest))
+            services.append((name, {
+                "status": svc.status, "last_check": svc.last_check, "last_change": svc.last_change,
+                "first_seen": series.first_seen, "credited": series.credited,
+                "job_times": list(svc.job_times),
+                "usage": {m: [u[0], u[1], u[2], list(u[3].items()), u[4]] for m, u in svc.usage.items()},
+                "usage_since": svc.usage_since}))
+        return {"buckets": buckets, "deletes": deletes, "services": services, "alerts": self.active_alerts(),
+                "marks": marks}
+
+    def load_rows(self, services: dict[str, Any], buckets: dict[tuple[str, str], list[tuple]],
+                  alerts: list[Any] = ()) -> tuple[dict[tuple[str, str], int], int]:
+        """Rebuild a fresh engine from what rows_to_persist wrote. `buckets[(service, tier)]`
+        holds (k, *tiers.agg_row(...)) rows in order of k. Returns (marks, buckets loaded):
+        the marks are the store's `written` for the next flush.
+
+        A restored service is unknown until its probe reports (nobody watched while the
+        aggregator was down, so that time is credited unknown too); restored alerts stay
+        active until their clear condition holds again."""
+        marks: dict[tuple[str, str], int] = {}
+        loaded = 0
+        for name, data in services.items():
+            if not isinstance(data, dict) or not data.get("first_seen"):
+                continue
+            first_seen = float(data["first_seen"])
+            series = Series(self.settings.tiers, first_seen)
+            for tier in series.tiers:
+                for row in buckets.get((name, tier.name), ()):
+                    tier.roll_to(row[0] * tier.step)
+                    if tier.acc_k == row[0]:
+                        tier.load_acc(agg_from_row(row[1:]))
+                        loaded += 1
+                marks[(name, tier.name)] = tier.head
+            series.credited = max(float(data.get("credited") or first_seen), first_seen)
+            series.cls = UNKNOWN
+            series.live_end = (series.live.acc_k + 1) * series.live.step
+            svc = self.services[name] = ServiceState(name, series)
+            status = data.get("status") if isinstance(data.get("status"), dict) else {}
+            svc.status = dict(status, state=STATE_UNKNOWN, error="the aggregator restarted; waiting for this "
+                              "service's probe to report", error_kind="probe_dead")
+            svc.last_check = float(data.get("last_check") or 0.0)
+            svc.last_change = float(data.get("last_change") or 0.0)
+            svc.job_times.extend(float(x) for x in data.get("job_times") or [])
+            for model, u in (data.get("usage") or {}).items():
+                svc.usage[model] = [int(u[0]), int(u[1]), int(u[2]), {int(k): int(c) for k, c in u[3]}, u[4]]
+            svc.usage_since = float(data.get("usage_since") or 0.0)
+        for a in alerts:
+            if not isinstance(a, dict) or a.get("service") not in self.services or not isinstance(a.get("name"), str):
+                continue
+            alert = alerting.Alert(a["service"], a["name"], str(a.get("metric", "")))
+            alert.active = True
+            alert.since = float(a.get("since") or 0.0)
+            alert.value, alert.threshold, alert.message = a.get("value"), a.get("threshold"), str(a.get("message", ""))
+            self.alerts[(alert.service, alert.name)] = alert
+        return marks, loaded
+
     # -- output -----------------------------------------------------------------------
     def record(self, name: str) -> dict[str, Any]:
         svc = self.services[name]
@@ -578,10 +659,5 @@ def _number(v: Any) -> bool:
 
 
 def _exact_q(values: list[float], q: float) -> float | None:
-    """Nearest rank (docs/metrics.md): the value at 1-based rank ceil(q * n), at least 1. The
-    product is rounded to 9 places first, so float noise (0.07 * 100 = 7.000000000000001)
-    does not push the rank up by one."""
-    if not values:
-        return None
-    rank = max(1, math.ceil(round(q * len(values), 9)))
-    return values[min(rank, len(values)) - 1]
+    """The sorted values' q-quantile by nearest rank, the sketches' rule (docs/metrics.md)."""
+    return values[sketch.nearest_rank(q, len(values)) - 1] if values else None

@@ -9,6 +9,11 @@
 - A directory we cannot write (read-only, disk full) raises StoreUnavailable; the
   aggregator then keeps running in memory and reports it (heartbeat `persistence`).
 
+The boundary: the engine hands over plain rows (Engine.rows_to_persist) and rebuilds itself
+from plain rows (Engine.load_rows); this module only writes and reads them. A flush counts
+buckets as written only after its commit succeeded, so a failed commit loses nothing: the
+next flush writes them again.
+
 WAL with synchronous=NORMAL survives the process being killed (kill -9) without losing
 committed transactions; only an OS crash can lose the last commits, which is acceptable
 for monitoring history.
@@ -23,9 +28,7 @@ from typing import Any
 
 import msgpack
 
-from . import sketch
 from .settings import label
-from .tiers import UNKNOWN, Agg, decode_errors, encode_errors
 
 log = logging.getLogger("aggregator.store")
 
@@ -41,6 +44,8 @@ CREATE TABLE IF NOT EXISTS buckets (
     PRIMARY KEY (service, tier, k)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS services (
     service TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (
+    service TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (service, name));
 """
 
 
@@ -128,40 +133,30 @@ class Store:
 
     # -- writing --------------------------------------------------------------------
     def flush(self, engine) -> int:
-        """Write what changed since the last flush. Raises StoreUnavailable on a write error."""
-        now = engine._time()
-        rows, deletes, services = [], [], []
-        for name, svc in engine.services.items():
-            series = svc.series
-            series.advance(now)
-            series._credit(now)  # so the open buckets on disk hold their state time up to now
-            for tier in series.tiers:
-                tname = tier.name
-                oldest = tier.head - tier.filled + 1
-                start = max(oldest, self._flushed.get((name, tname), oldest - 1) + 1)
-                for k in range(start, tier.head + 1):
-                    rows.append(_row(name, tname, k, tier.bucket_at(k % tier.n)))
-                if tier.acc_k is not None:
-                    rows.append(_row(name, tname, tier.acc_k, tier.acc))
-                self._flushed[(name, tname)] = tier.head
-                deletes.append((name, tname, oldest))
-            services.append((name, msgpack.packb(_service_data(svc, series), use_bin_type=True)))
+        """Write what changed since the last successful flush (the engine's plain rows).
+        Raises StoreUnavailable on a write error; nothing counts as written until the commit
+        succeeded, so the next flush writes those buckets again."""
+        batch = engine.rows_to_persist(self._flushed)
         try:
             with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO buckets VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                self.db.executemany("DELETE FROM buckets WHERE service=? AND tier=? AND k<?", deletes)
-                self.db.executemany("INSERT OR REPLACE INTO services VALUES (?,?)", services)
+                self.db.executemany("INSERT OR REPLACE INTO buckets VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                    batch["buckets"])
+                self.db.executemany("DELETE FROM buckets WHERE service=? AND tier=? AND k<?", batch["deletes"])
+                self.db.executemany("INSERT OR REPLACE INTO services VALUES (?,?)",
+                                    [(name, _pack(data)) for name, data in batch["services"]])
+                self.db.execute("DELETE FROM alerts")
+                self.db.executemany("INSERT INTO alerts VALUES (?,?,?)",
+                                    [(a["service"], a["name"], _pack(a)) for a in batch["alerts"]])
         except sqlite3.Error as exc:  # disk full, file deleted under us, read-only remount ...
             raise StoreUnavailable(f"cannot write {self.path}: {exc}") from None
-        return len(rows)
+        self._flushed.update(batch["marks"])
+        return len(batch["buckets"])
 
     # -- reading --------------------------------------------------------------------
     def restore(self, engine) -> int:
-        """Load saved services and buckets into a fresh engine. Returns the number of buckets."""
-        from .engine import STATE_UNKNOWN, Series, ServiceState  # noqa: F401 (cycle-free at call time)
-
-        loaded = 0
-        names = {name: _unpack(data) for name, data in self.db.execute("SELECT service, data FROM services")}
+        """Load saved services, buckets and active alerts into a fresh engine. Returns the
+        number of buckets."""
+        services = {name: _unpack(data) for name, data in self.db.execute("SELECT service, data FROM services")}
         tier_names = [label(step) for step, _ in engine.settings.tiers]
         try:  # tiers no longer configured would otherwise sit in the file for ever
             with self.db:
@@ -169,68 +164,20 @@ class Store:
                                 tier_names)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot write {self.path}: {exc}") from None
-        for name, data in names.items():
-            if not isinstance(data, dict):
-                continue
-            per_tier = {}
+        buckets = {}
+        for name in services:
             for tname in tier_names:
-                per_tier[tname] = self.db.execute(
+                buckets[(name, tname)] = self.db.execute(
                     "SELECT k, ok, fail, sum, mn, mx, up, down, unk, qpeak, sketch, errors FROM buckets "
                     "WHERE service=? AND tier=? ORDER BY k", (name, tname)).fetchall()
-            first_seen = float(data.get("first_seen") or engine._time())
-            series = Series(engine.settings.tiers, first_seen)
-            for tier in series.tiers:
-                for row in per_tier.get(tier.name, []):
-                    tier.roll_to(row[0] * tier.step)
-                    if tier.acc_k == row[0]:
-                        tier.load_acc(_agg(row))
-                        loaded += 1
-            series.first_seen = first_seen
-            series.credited = max(float(data.get("credited") or first_seen), first_seen)
-            series.cls = UNKNOWN  # nobody watched while the aggregator was down
-            series.live_end = (series.live.acc_k + 1) * series.live.step
-            for t in series.tiers:
-                self._flushed[(name, t.name)] = t.head
-            svc = ServiceState(name, series)
-            status = data.get("status") if isinstance(data.get("status"), dict) else {}
-            svc.status = dict(status, state=STATE_UNKNOWN, error="the aggregator restarted; waiting for this "
-                              "service's probe to report", error_kind="probe_dead")
-            svc.last_check = float(data.get("last_check") or 0.0)
-            svc.last_change = float(data.get("last_change") or 0.0)
-            svc.job_times.extend(float(x) for x in data.get("job_times") or [])
-            for model, u in (data.get("usage") or {}).items():
-                svc.usage[model] = [int(u[0]), int(u[1]), int(u[2]), {int(k): int(c) for k, c in u[3]}, u[4]]
-            svc.usage_since = float(data.get("usage_since") or 0.0)
-            engine.services[name] = svc
+        alerts = [_unpack(data) for (data,) in self.db.execute("SELECT data FROM alerts")]
+        marks, loaded = engine.load_rows(services, buckets, alerts)
+        self._flushed.update(marks)
         return loaded
 
 
-def _row(service: str, tier: str, k: int, a: Agg) -> tuple:
-    return (service, tier, k, a.ok, a.fail, a.sum, a.mn if a.mn != float("inf") else None,
-            a.mx if a.mx != float("-inf") else None, a.time[0], a.time[1], a.time[2], a.qpeak,
-            sketch.pack(a.bins), encode_errors(a.errors) or None)
-
-
-def _agg(row: tuple) -> Agg:
-    a = Agg()
-    (_, a.ok, a.fail, a.sum, mn, mx, up, down, unk, qpeak, blob, errors) = row
-    a.mn = float("inf") if mn is None else mn
-    a.mx = float("-inf") if mx is None else mx
-    a.time = [up or 0.0, down or 0.0, unk or 0.0]
-    a.qpeak = -1.0 if qpeak is None else qpeak
-    a.bins = dict(sketch.unpack(blob))
-    a.errors = decode_errors(errors)
-    return a
-
-
-def _service_data(svc, series) -> dict[str, Any]:
-    return {
-        "status": svc.status, "last_check": svc.last_check, "last_change": svc.last_change,
-        "first_seen": series.first_seen, "credited": series.credited,
-        "job_times": list(svc.job_times),
-        "usage": {m: [u[0], u[1], u[2], list(u[3].items()), u[4]] for m, u in svc.usage.items()},
-        "usage_since": svc.usage_since,
-    }
+def _pack(data: Any) -> bytes:
+    return msgpack.packb(data, use_bin_type=True)
 
 
 def _unpack(data: bytes) -> Any:

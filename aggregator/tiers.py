@@ -72,6 +72,26 @@ def decode_errors(text: str | None) -> dict[str, int]:
     return out
 
 
+def agg_row(a: Agg) -> tuple:
+    """A bucket as a plain row: ok, fail, sum, mn, mx, up, down, unknown, qpeak, sketch, errors
+    (the store's columns; None for an empty min/max, packed bins, encoded errors)."""
+    return (a.ok, a.fail, a.sum, a.mn if a.mn != INF else None, a.mx if a.mx != -INF else None,
+            a.time[0], a.time[1], a.time[2], a.qpeak, sketch.pack(a.bins), encode_errors(a.errors) or None)
+
+
+def agg_from_row(row) -> Agg:
+    """The bucket of an agg_row() row."""
+    a = Agg()
+    a.ok, a.fail, a.sum, mn, mx, up, down, unk, qpeak, blob, errors = row
+    a.mn = INF if mn is None else mn
+    a.mx = -INF if mx is None else mx
+    a.time = [up or 0.0, down or 0.0, unk or 0.0]
+    a.qpeak = -1.0 if qpeak is None else qpeak
+    a.bins = dict(sketch.unpack(blob))
+    a.errors = decode_errors(errors)
+    return a
+
+
 class Tier:
     """One resolution: a ring of closed buckets, the open bucket, and `win`, the running
     aggregate of the whole window (ring + open bucket), kept up to date incrementally.

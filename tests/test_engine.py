@@ -41,9 +41,9 @@ def beat(engine, src: str = "probe.x", interval: float = 1.0, services=("x",)) -
 
 
 def exact(values, q):
-    """The rank DDSketch targets: value at index floor(q * (n - 1)) of the sorted values."""
+    """Nearest rank (contract 4): the sorted values' value at 1-based rank ceil(q * n)."""
     v = sorted(values)
-    return v[int(q * (len(v) - 1))]
+    return v[max(1, math.ceil(round(q * len(v), 9))) - 1]
 
 
 def test_percentiles_in_every_tier_are_within_one_percent():
@@ -86,7 +86,10 @@ def test_sketch_matches_the_ddsketch_package_and_packs_losslessly():
     real = sketch.to_ddsketch(bins)
     ours = sketch.quantiles(bins, (0.0, 0.5, 0.95, 0.99, 1.0))
     theirs = [real.get_quantile_value(q) for q in (0.0, 0.5, 0.95, 0.99, 1.0)]
-    assert ours == pytest.approx(theirs, rel=1e-12)
+    # Same bins; the package ranks by q * (n - 1), we by nearest rank (contract 4): at most
+    # one bin apart (bins are 2 % wide), the same at both ends.
+    assert ours == pytest.approx(theirs, rel=0.021)
+    assert (ours[0], ours[-1]) == (theirs[0], theirs[-1])
     assert dict(sketch.unpack(sketch.pack(bins))) == bins
     assert ours[0] == 0.0  # zeros read back as zero, not as the smallest bin
 
