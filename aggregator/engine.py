@@ -39,6 +39,7 @@ class Series:
         self.cls = UNKNOWN
         self.credited = now   # state time is accounted for up to here
         self.first_seen = now
+        self.last_events = now  # end of the newest closed 1 s bucket that held events
         self.live.roll_to(now)
         for t in self.tiers[1:]:
             t.roll_to(now)
@@ -64,6 +65,7 @@ class Series:
         has_events = closed.ok or closed.fail or closed.qpeak >= 0
         self.live.roll_to(end)
         if has_events:
+            self.last_events = end
             for t in self.tiers[1:]:
                 t.absorb(closed)  # their open bucket covers `closed` (credited only up to `end`)
         self._credit(now)
@@ -116,6 +118,7 @@ class ServiceState:
         self.src_since = 0.0  # when this probe (src) first reported: grace before its first heartbeat
         self.dead = False     # probe silent: shown as unknown, while `status` keeps its last report
         self.down_since: float | None = None  # when the state class became down (disconnected or error)
+        self.last_event = 0.0  # newest status or usage event (timings: Series.last_events)
         self.version = 0
         self.cache: tuple[int, dict[str, Any]] | None = None
         self.window_cache: dict[int, tuple[tuple, dict[str, Any]]] = {}  # tier -> (refresh slot, figures)
@@ -155,6 +158,8 @@ class Engine:
         for svc in self.services.values():
             svc.series.unobserved(t0, t1)
             svc.src_since += gap
+            svc.last_event += gap
+            svc.series.last_events += gap
             if svc.down_since is not None:
                 svc.down_since += gap
             svc.version += 1
@@ -174,6 +179,7 @@ class Engine:
         svc = self.services.get(name)
         if svc is None:
             svc = self.services[name] = ServiceState(name, Series(self.settings.tiers, now))
+            svc.last_event = now
         return svc
 
     # -- input ------------------------------------------------------------------------
@@ -257,7 +263,7 @@ class Engine:
         svc.status = body
         if svc.src != msg.src:
             svc.src, svc.src_since = msg.src, now
-        svc.last_check = now
+        svc.last_check = svc.last_event = now
         details = body.get("details")
         if details.__class__ is dict:
             q = details.get("queue_depth")
@@ -289,6 +295,7 @@ class Engine:
 
     def _on_usage(self, body: dict[str, Any], now: float) -> set[str]:
         svc = self._service("llm", now)
+        svc.last_event = now
         if not svc.usage:
             svc.usage_since = now
         model = body["model"][:200]
@@ -325,7 +332,13 @@ class Engine:
         """Advance time: roll buckets, mark silent probes unknown, evaluate alerts."""
         now = self._time()
         changed = set()
+        forget, configured, quiet_limit = [], self.settings.configured, self.settings.forget_after
         for name, svc in self.services.items():
+            if name not in configured and now - max(svc.last_event, svc.series.last_events) > quiet_limit:
+                acc = svc.series.live.acc
+                if not (acc.ok or acc.fail):  # (a timing may wait in the open bucket)
+                    forget.append(name)
+                    continue
             # Liveness first: time is credited to the old state only up to when the probe died.
             dead = bool(svc.src) and self._probe_dead(svc.src, now, svc.src_since)
             if dead != svc.dead:  # went silent, or came back
@@ -338,10 +351,23 @@ class Engine:
                 changed.add(name)
             if svc.series.advance(now):
                 svc.version += 1
+        for name in forget:
+            self._forget(name, f"no events for {label(quiet_limit)}, and it is not a configured service")
         if now - self._last_alert_eval >= ALERT_EVAL_EVERY:
             self._last_alert_eval = now
             changed |= self.evaluate_alerts(now)
         return changed
+
+    def _forget(self, name: str, reason: str) -> None:
+        """Drop a service (issue 11 item 7): its alerts end, and the shell publishes its end
+        (contract 1: a `snapshot.<service>` delete) and deletes its history."""
+        del self.services[name]
+        for key in [k for k in self.alerts if k[0] == name]:
+            alert = self.alerts.pop(key)
+            if alert.active:
+                alert.active, alert.message = False, f"cleared: {name} was forgotten ({reason})"
+                self.events.append(alert.event())
+        self.events.append((f"snapshot.{name}", {"service": name, "deleted": True, "reason": reason}))
 
     def evaluate_alerts(self, now: float) -> set[str]:
         changed = set()
@@ -407,7 +433,8 @@ class Engine:
                 "first_seen": series.first_seen, "credited": series.credited,
                 "job_times": list(svc.job_times),
                 "usage": {m: [u[0], u[1], u[2], list(u[3].items()), u[4]] for m, u in svc.usage.items()},
-                "usage_since": svc.usage_since}))
+                "usage_since": svc.usage_since,
+                "last_event": max(svc.last_event, series.last_events)}))
         return {"buckets": buckets, "deletes": deletes, "services": services, "alerts": self.active_alerts(),
                 "marks": marks}
 
@@ -447,6 +474,7 @@ class Engine:
             for model, u in (data.get("usage") or {}).items():
                 svc.usage[model] = [int(u[0]), int(u[1]), int(u[2]), {int(k): int(c) for k, c in u[3]}, u[4]]
             svc.usage_since = float(data.get("usage_since") or 0.0)
+            svc.last_event = series.last_events = float(data.get("last_event") or series.credited)
         for a in alerts:
             if not isinstance(a, dict) or a.get("service") not in self.services or not isinstance(a.get("name"), str):
                 continue

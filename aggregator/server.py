@@ -122,6 +122,16 @@ class Aggregator:
         except Exception:  # a bug in the flush must not stop monitoring; the next flush retries
             log.exception("writing the history failed; retrying at the next flush")
 
+    def _forget(self, service: str) -> None:
+        """An expired service leaves the history file and the reused snapshot histories too."""
+        self._histories.clear()
+        if self.store is None:
+            return
+        try:
+            self.store.forget(service)
+        except StoreUnavailable as exc:
+            self._to_memory(str(exc))
+
     def _bind(self):
         for ep in (self.endpoints.events, self.endpoints.snapshots, self.endpoints.requests):
             if endpoint_in_use(ep):
@@ -187,8 +197,12 @@ class Aggregator:
                     self._guard(self._heartbeat, None)
                 for topic, body in self._guard(self.engine.pop_events, []):
                     self.publisher.send(topic, body)
+                    if body.get("deleted") is True:  # an expired service (contract 1)
+                        self._guard(lambda: self._forget(body["service"]), None)
                 records = {}
                 for name in changed:
+                    if name not in self.engine.services:  # forgotten in this turn
+                        continue
                     record = self._guard(lambda: self.engine.record(name), None)
                     if record is not None:
                         records[name] = record

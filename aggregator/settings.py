@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus.config import Config, ConfigError, _bool, _fail, _positive, _text, _validate_table
+from bus.config import DEFAULT_SERVICES, Config, ConfigError, _bool, _fail, _positive, _text, _validate_table
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -84,7 +84,12 @@ def _non_negative(v: Any) -> float:
 
 
 AGGREGATOR_KEYS = {"tiers": _tiers, "data_dir": _text, "flush_interval": _flush,
-                   "metrics_port": _port, "persist": _bool}
+                   "metrics_port": _port, "persist": _bool, "forget_after": parse_duration}
+
+# A service that is not configured ([services.*] and the built-in ones) is forgotten after
+# this long without events. A day: the default tiers' longest window, so by then nothing it
+# sent is left in them, while a probe stopped for a night is still there in the morning.
+FORGET_AFTER = 86400.0
 
 # One rule set per service: [alerts.default] applies to all, [alerts.<service>] overrides.
 ALERT_KEYS = {
@@ -113,6 +118,8 @@ class Settings:
     flush_interval: float = 5.0
     metrics_port: int = 0
     persist: bool = True
+    forget_after: float = FORGET_AFTER
+    configured: frozenset = frozenset(DEFAULT_SERVICES)  # services that are never forgotten
     alerts: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": dict(DEFAULT_ALERTS)})
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -141,7 +148,7 @@ def from_config(cfg: Config) -> Settings:
         except OSError:
             text = ""
     where = cfg.path
-    s = Settings()
+    s = Settings(configured=frozenset(cfg.services))
     agg = _validate_table(cfg.sections.get("aggregator", {}), AGGREGATOR_KEYS, "aggregator", text, where)
     for key, value in agg.items():
         setattr(s, key, value)

@@ -152,6 +152,17 @@ class Store:
         self._flushed.update(batch["marks"])
         return len(batch["buckets"])
 
+    def forget(self, service: str) -> None:
+        """Delete an expired service's rows (Engine._forget)."""
+        try:
+            with self.db:
+                for table in ("buckets", "services", "alerts"):
+                    self.db.execute(f"DELETE FROM {table} WHERE service=?", (service,))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot write {self.path}: {exc}") from None
+        for key in [k for k in self._flushed if k[0] == service]:
+            del self._flushed[key]
+
     # -- reading --------------------------------------------------------------------
     def restore(self, engine) -> int:
         """Load saved services, buckets and active alerts into a fresh engine. Returns the
