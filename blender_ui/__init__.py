@@ -7,29 +7,31 @@ bl_info = {
     "author": "Movie Director",
     "version": (0, 1, 0),
     "blender": (3, 4, 0),
-    "location": "3D Viewport / Video Sequencer > Sidebar > Movie Director; Properties > Scene",
+    "location": "3D Viewport / Video Sequencer > Sidebar > Movie Director; Properties > Scene; Status Bar",
     "description": "Live status and health metrics of ComfyUI, Wan2GP, RVC, AudioLDM and language models",
     "category": "System",
 }
 
-if "props" in locals():  # F3 "Reload Scripts": reload the submodules too
+if "props" in locals():  # F3 "Reload Scripts": reload the submodules too, leaves first
     import importlib
 
-    for _mod in (deps, view, charts, props, prefs, runtime, operators, panels):  # noqa: F821
+    for _mod in (deps, view, glyphs, charts, thresholds, monitor, state, instrument, pictures,  # noqa: F821
+                 connection, exports, runtime, props, prefs, operators, panels, statusbar, keymap,  # noqa: F821
+                 lifecycle):  # noqa: F821
         importlib.reload(_mod)
 
-from . import charts, deps, operators, panels, prefs, props, runtime, view  # noqa: E402
+from . import (charts, connection, deps, exports, glyphs, instrument, keymap, lifecycle, monitor,  # noqa: E402
+               operators, panels, pictures, prefs, props, runtime, state, statusbar, thresholds, view)
 
-_modules = (props, prefs, operators, panels)
+# Registered in this order, unregistered in reverse (as Node Wrangler does).
+_modules = (props, prefs, operators, panels, statusbar, keymap, lifecycle)
 
 
 def register():
     for mod in _modules:
         mod.register()
-    runtime.register()
 
 
 def unregister():
-    runtime.unregister()
     for mod in reversed(_modules):
         mod.unregister()

@@ -1,159 +1,347 @@
-"""Small trend pictures, drawn pixel by pixel in pure Python (no matplotlib in Blender).
+"""The pictures the panels show, rendered with numpy (which ships inside every Blender).
 
-`line_chart()` returns a flat RGBA float list, rows bottom-up, which is exactly what
-`ImagePreview.image_pixels_float` takes; the panels show it with `template_icon`.
-A 160x48 chart costs about a millisecond, and is redrawn only when its data changed.
+Each function returns a flat float32 RGBA array, rows bottom-up, exactly what an
+`ImagePreview`'s `image_pixels_float` takes; `pictures.py` renders them from the timer,
+only when their data changed, never from `draw()`. Blender shows a preview picture in a
+square, so every picture here is square and uses the whole square.
+
+Colours: the seed's scheme (Connected green, Connecting yellow, Disconnected red, Error
+orange). Blender's theme has no foreground colours for states (its Info colours are
+background tints), so they are fixed here; the words and icons next to them carry the
+meaning, colour only reinforces it.
 """
 from __future__ import annotations
 
+import base64
 import math
+import zlib
 from typing import Sequence
 
-BG = (0.11, 0.11, 0.11, 1.0)
-GRID = (0.22, 0.22, 0.22, 1.0)
-P95 = (0.95, 0.55, 0.15, 1.0)     # orange
-P50 = (0.35, 0.65, 1.0, 1.0)      # blue
-OK = (0.30, 0.80, 0.35, 1.0)      # green
-FAIL = (0.90, 0.25, 0.25, 1.0)    # red
-LIMIT = (0.85, 0.85, 0.85, 1.0)   # threshold line
-NO_DATA = (0.16, 0.16, 0.16, 1.0)
+import numpy as np
+
+from . import glyphs
+
+BG = (0.13, 0.13, 0.13, 1.0)
+PLOT = (0.10, 0.10, 0.10, 1.0)
+GRID = (0.24, 0.24, 0.24, 1.0)
+AXIS_TEXT = (0.72, 0.72, 0.72, 1.0)
+P95 = (1.00, 0.60, 0.20, 1.0)     # orange line
+P50 = (0.40, 0.70, 1.00, 1.0)     # blue line
+LIMIT = (0.85, 0.85, 0.85, 1.0)   # the alert threshold, dashed
+OK = (0.28, 0.62, 0.32, 1.0)      # a bucket whose checks all succeeded (dimmer than the state green)
+FAIL = (0.95, 0.22, 0.22, 1.0)    # a bucket with failed checks
+NO_DATA = (0.18, 0.18, 0.18, 1.0)
+
+# The four state colours of the seed, used for the state icons (and nowhere else, so a
+# test can find them on screen).
+GREEN = (0.20, 0.85, 0.30, 1.0)
+YELLOW = (1.00, 0.85, 0.10, 1.0)
+RED = (1.00, 0.15, 0.15, 1.0)
+ORANGE = (1.00, 0.50, 0.00, 1.0)
+GREY = (0.60, 0.60, 0.60, 1.0)
 
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# -- text -------------------------------------------------------------------------------------
+_FONTS: dict[int, tuple[int, int, list[int], list[np.ndarray]]] = {}
+
+
+def _font(size: int):
+    if size not in _FONTS:
+        spec = glyphs.SIZES[size]
+        h, widths = spec["height"], spec["advance"]
+        data = np.frombuffer(zlib.decompress(base64.b64decode("".join(spec["alpha"]))), dtype=np.uint8)
+        out, at = [], 0
+        for w in widths:
+            out.append(data[at:at + h * w].reshape(h, w).astype(np.float32) / 255.0)
+            at += h * w
+        _FONTS[size] = (h, spec["ascent"], widths, out)
+    return _FONTS[size]
+
+
+def font_size(scale: float) -> int:
+    return 22 if scale >= 1.5 else 11
+
+
+def text_width(s: str, size: int) -> int:
+    _, _, widths, _ = _font(size)
+    return sum(widths[(ord(c) - 32) if 32 <= ord(c) < 127 else 31] for c in s)
+
+
+def text_height(size: int) -> int:
+    return _font(size)[0]
+
+
 class Canvas:
+    """An RGBA picture, rows top-down while drawing; `pixels()` flips it for Blender."""
+
     def __init__(self, w: int, h: int, bg=BG) -> None:
         self.w, self.h = w, h
-        self.px = list(bg) * (w * h)
+        self.a = np.empty((h, w, 4), dtype=np.float32)
+        self.a[:] = bg
 
-    def set(self, x: int, y: int, c) -> None:
-        if 0 <= x < self.w and 0 <= y < self.h:
-            i = (y * self.w + x) * 4
-            self.px[i:i + 4] = c
+    def rect(self, x0: int, y0: int, x1: int, y1: int, c) -> None:
+        x0, x1 = max(0, x0), min(self.w, x1)
+        y0, y1 = max(0, y0), min(self.h, y1)
+        if x0 < x1 and y0 < y1:
+            self.a[y0:y1, x0:x1] = c
 
-    def vline(self, x: int, y0: int, y1: int, c) -> None:
-        for y in range(min(y0, y1), max(y0, y1) + 1):
-            self.set(x, y, c)
+    def hline(self, y: int, x0: int, x1: int, c, dash: int = 0) -> None:
+        if not 0 <= y < self.h:
+            return
+        xs = np.arange(max(0, x0), min(self.w, x1))
+        if dash:
+            xs = xs[(xs // dash) % 2 == 0]
+        self.a[y, xs] = c
 
-    def hline(self, y: int, c, dash: int = 0) -> None:
-        for x in range(self.w):
-            if not dash or (x // dash) % 2 == 0:
-                self.set(x, y, c)
+    def spans(self, x0: int, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray, c) -> None:
+        """Fill, for each column x0+i where valid[i], the rows lo[i]..hi[i] (inclusive)."""
+        rows = np.arange(self.h)[:, None]
+        mask = (rows >= lo[None, :]) & (rows <= hi[None, :]) & valid[None, :]
+        region = self.a[:, x0:x0 + len(lo)]
+        region[mask] = c
 
-    def pixel(self, x: int, y: int) -> tuple[float, ...]:
-        i = (y * self.w + x) * 4
-        return tuple(self.px[i:i + 4])
+    def text(self, x: int, y: int, s: str, c, size: int) -> int:
+        """Draw `s` with its top-left at (x, y); returns the x after it."""
+        h, _, widths, bitmaps = _font(size)
+        col = np.asarray(c, dtype=np.float32)
+        for ch in s:
+            k = (ord(ch) - 32) if 32 <= ord(ch) < 127 else 31  # '?' for anything else
+            g, w = bitmaps[k], widths[k]
+            gx0, gy0 = max(0, -x), max(0, -y)
+            gx1, gy1 = min(w, self.w - x), min(h, self.h - y)
+            if gx0 < gx1 and gy0 < gy1:
+                alpha = g[gy0:gy1, gx0:gx1, None]
+                dst = self.a[y + gy0:y + gy1, x + gx0:x + gx1]
+                dst[:] = dst * (1 - alpha) + col * alpha
+            x += w
+        return x
+
+    def pixels(self) -> np.ndarray:
+        return np.ascontiguousarray(self.a[::-1]).ravel()
 
 
-def _columns(values: Sequence, w: int, times: Sequence | None = None,
-             span: tuple[float, float] | None = None) -> list:
-    """Resample to one value per pixel column (max of the bucket, so spikes stay visible).
-    With `times` and `span` (t0, t1) a column is a slice of time: gaps stay empty and the
-    newest point is at the right edge, however few points there are."""
-    if times is not None and span is not None:
-        t0, t1 = span
-        buckets: list[list[float]] = [[] for _ in range(w)]
-        for t, v in zip(times, values):
-            if _finite(t) and _finite(v) and t0 <= t <= t1 and t1 > t0:
-                buckets[min(w - 1, int((t - t0) / (t1 - t0) * w))].append(v)
-        return [max(b) if b else None for b in buckets]
-    n = len(values)
-    if n == 0:
-        return [None] * w
-    out = []
-    for x in range(w):
-        lo, hi = x * n // w, max(x * n // w + 1, (x + 1) * n // w)
-        bucket = [v for v in values[lo:hi] if _finite(v)]
-        out.append(max(bucket) if bucket else None)
+# -- scales -------------------------------------------------------------------------------------
+def nice_top(vmax: float) -> tuple[float, float]:
+    """(top, step): a round axis top at or above vmax, and its grid step (3 to 5 lines)."""
+    if not _finite(vmax) or vmax <= 0:
+        return 1.0, 0.25
+    raw = vmax / 4
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    return step * math.ceil(vmax / step - 1e-9), step
+
+
+def ms_label(v: float) -> str:
+    if v >= 1000:
+        s = f"{v / 1000:.1f}".rstrip("0").rstrip(".")
+        return f"{s} s"
+    return f"{v:.0f} ms" if v >= 1 or v == 0 else f"{v:.1f} ms"
+
+
+def span_label(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h ago"
+    return f"{seconds / 60:g} min ago"
+
+
+def columns(times: Sequence, values: Sequence, span: tuple[float, float], w: int, reduce=max) -> np.ndarray:
+    """One value per pixel column (NaN where none): a column is a slice of time, so gaps
+    stay empty and the newest point is at the right edge, however few points there are."""
+    t0, t1 = span
+    out = np.full(w, np.nan, dtype=np.float64)
+    if t1 <= t0:
+        return out
+    pairs = [(t, v) for t, v in zip(times, values) if _finite(t) and _finite(v) and t0 <= t <= t1]
+    if not pairs:
+        return out
+    ts = np.array([p[0] for p in pairs])
+    vs = np.array([p[1] for p in pairs], dtype=np.float64)
+    xs = np.minimum(w - 1, ((ts - t0) / (t1 - t0) * w).astype(int))
+    if reduce is max:
+        np.fmax.at(out, xs, vs)
+    else:
+        np.fmin.at(out, xs, vs)
     return out
 
 
-def line_chart(series: Sequence[tuple[Sequence, tuple]], w: int = 160, h: int = 48,
-               vmax: float | None = None, limit: float | None = None,
-               rates: Sequence | None = None, times: Sequence | None = None,
-               span: tuple[float, float] | None = None) -> list[float]:
-    """Lines for each (values, colour), scaled to the data; a dashed `limit` line when it is
-    in range; with `rates`, a success strip along the bottom (green ok, red failed)."""
-    cv = Canvas(w, h)
-    top = vmax
-    if top is None:
-        finite = [v for values, _ in series for v in values if _finite(v)]
-        top = max(finite) * 1.25 if finite else 1.0
-    top = top if top > 0 else 1.0
-    if rates is not None:
-        for x, v in enumerate(_columns(rates, w, times, span)):
-            if v is not None:
-                cv.vline(x, 0, 1, OK if v >= 0.999 else FAIL)
-    for y in (h // 4, h // 2, 3 * h // 4):
-        cv.hline(y, GRID)
-    scale = (h - 3) / top
-    for values, colour in series:
-        cols = _columns(values, w, times, span)
-        prev = None
-        for x, v in enumerate(cols):
-            if v is None:
-                prev = None
-                continue
-            y = 1 + min(h - 2, int(v * scale))
-            cv.vline(x, y, prev if prev is not None else y, colour)
-            prev = y
-    if _finite(limit) and limit * scale < h - 1:
-        cv.hline(1 + int(limit * scale), LIMIT, dash=4)
-    return cv.px
+def enough(times: Sequence, values: Sequence, span: tuple[float, float]) -> int:
+    """How many points of `values` fall inside the span (a chart needs two)."""
+    t0, t1 = span
+    return sum(1 for t, v in zip(times, values) if _finite(t) and _finite(v) and t0 <= t <= t1)
 
 
-def rate_chart(rates: Sequence, w: int = 160, h: int = 24, times: Sequence | None = None,
-               span: tuple[float, float] | None = None) -> list[float]:
-    """Success rate as columns: the green part is the share that succeeded, red the rest."""
-    cv = Canvas(w, h)
-    for x, v in enumerate(_columns(rates, w, times, span)):
-        if v is None:
-            continue
-        ok_h = int(round(max(0.0, min(1.0, v)) * h))
-        if ok_h:
-            cv.vline(x, 0, ok_h - 1, OK)
-        if ok_h < h:
-            cv.vline(x, ok_h, h - 1, FAIL)
-    return cv.px
+def _line(cv: Canvas, x0: int, y_of, vals: np.ndarray, c, width: int) -> None:
+    """A polyline through the columns' values. Neighbouring points are joined across the
+    empty columns between them (the history is coarser than the pixels), but a gap much
+    longer than the usual spacing stays open: no data is not zero, and not "the same"."""
+    n = len(vals)
+    valid = ~np.isnan(vals)
+    if not valid.any():
+        return
+    idx = np.arange(n)
+    have = idx[valid]
+    spacing = float(np.median(np.diff(have))) if len(have) > 1 else 1.0
+    max_gap = max(2.0, 2.5 * spacing)
+    prev_i = np.maximum.accumulate(np.where(valid, idx, -1))
+    next_i = np.minimum.accumulate(np.where(valid, idx, n)[::-1])[::-1]
+    inside = (prev_i >= 0) & (next_i < n) & ((next_i - prev_i) <= max_gap)
+    draw = valid | inside
+    y = y_of(np.interp(idx, have, vals[valid])).astype(int)
+    prev = np.concatenate([[y[0]], y[:-1]])
+    prev = np.where(np.concatenate([[False], draw[:-1]]), prev, y)
+    lo = np.minimum(y, prev) - (width - 1) // 2
+    hi = np.maximum(y, prev) + width // 2
+    cv.spans(x0, lo, hi, draw, c)
 
 
-def bar(frac: float, colour, w: int = 160, h: int = 8) -> list[float]:
-    cv = Canvas(w, h, NO_DATA)
-    filled = int(round(max(0.0, min(1.0, frac)) * w))
-    for x in range(filled):
-        cv.vline(x, 0, h - 1, colour)
-    return cv.px
+# -- the pictures ---------------------------------------------------------------------------------
+def response_chart(times: Sequence, p50: Sequence, p95: Sequence, ok: Sequence, span: tuple[float, float],
+                   size: int, scale: float = 1.0, limit: float | None = None) -> np.ndarray:
+    """One service over the span, in a size x size square: p95 (orange) and p50 (blue)
+    response times on a labelled millisecond axis, the alert threshold dashed, then a strip
+    on the same time axis (red where checks failed, green where all succeeded), then the
+    time span under it."""
+    fs = font_size(scale)
+    th = text_height(fs)
+    u = max(1, round(scale))
+    cv = Canvas(size, size)
+    vmax = max([v for v in list(p95) + list(p50) if _finite(v)] or [1.0])
+    if _finite(limit) and limit < vmax * 1.6:
+        vmax = max(vmax, limit)  # show the threshold when the data come near it
+    top, step = nice_top(vmax * 1.05)
+    label_w = max(text_width(ms_label(top), fs), text_width(ms_label(step), fs)) + 6 * u
+    strip_h = 8 * u
+    x0, x1 = label_w, size - 4 * u
+    y_top = th // 2 + 2 * u
+    y_strip1 = size - th - 4 * u
+    y_strip0 = y_strip1 - strip_h
+    y_bottom = y_strip0 - 4 * u             # the plot's zero line
+    w = x1 - x0
+    cv.rect(x0, y_top, x1, y_bottom + 1, PLOT)
+
+    def y_of(v):
+        return y_bottom - np.clip(v / top, 0, 1.0) * (y_bottom - y_top)
+
+    k = 0
+    while k * step <= top + 1e-9:
+        y = int(round(float(y_of(np.array(k * step)))))
+        cv.hline(y, x0, x1, GRID)
+        lab = ms_label(k * step)
+        cv.text(x0 - 3 * u - text_width(lab, fs), y - th // 2, lab, AXIS_TEXT, fs)
+        k += 1
+    if _finite(limit) and limit <= top:
+        cv.hline(int(round(float(y_of(np.array(limit))))), x0, x1, LIMIT, dash=4 * u)
+    _line(cv, x0, y_of, columns(times, p50, span, w), P50, 2 * u)
+    _line(cv, x0, y_of, columns(times, p95, span, w), P95, 2 * u)
+    rates = columns(times, ok, span, w, reduce=min)
+    cv.rect(x0, y_strip0, x1, y_strip1, NO_DATA)
+    good = ~np.isnan(rates) & (np.nan_to_num(rates, nan=0) >= 0.999)
+    bad = ~np.isnan(rates) & ~good
+    strip = cv.a[y_strip0:y_strip1, x0:x1]
+    strip[:, good] = OK
+    strip[:, bad] = FAIL
+    # A failure one pixel wide is easy to miss: mark it on the plot's axis too.
+    for x in np.nonzero(bad)[0]:
+        cv.rect(x0 + x - u, y_bottom - 3 * u, x0 + x + u + 1, y_bottom + 1, FAIL)
+    left = span_label(span[1] - span[0])
+    cv.text(x0, y_strip1 + 2 * u, left, AXIS_TEXT, fs)
+    cv.text(x1 - text_width("now", fs), y_strip1 + 2 * u, "now", AXIS_TEXT, fs)
+    legend = [("p95", P95), ("p50", P50)]
+    x = x1 - sum(text_width(n, fs) + 6 * u for n, _ in legend)
+    for name, colour in legend:
+        x = cv.text(x, y_top + 2 * u, name, colour, fs) + 6 * u
+    return cv.pixels()
 
 
-def compare_chart(values: Sequence[tuple[float | None, tuple]], w: int = 160, h: int = 40,
-                  limit: float | None = None) -> list[float]:
-    """One vertical bar per service, side by side, for the compare view."""
-    cv = Canvas(w, h)
-    finite = [v for v, _ in values if _finite(v)]
-    top = max(finite + ([limit * 1.1] if _finite(limit) else [])) if finite else 1.0
-    n = max(1, len(values))
-    slot = w // n
-    for i, (v, colour) in enumerate(values):
-        if not _finite(v):
-            continue
-        bh = max(1, int(v / top * (h - 2))) if top > 0 else 1
-        for x in range(i * slot + 2, (i + 1) * slot - 2):
-            cv.vline(x, 0, bh, colour)
-    if _finite(limit) and top > 0:
-        cv.hline(int(limit / top * (h - 2)), LIMIT, dash=4)
-    return cv.px
+def compare_chart(rows: Sequence[tuple[str, Sequence, Sequence, Sequence]], span: tuple[float, float],
+                  size: int, scale: float = 1.0, limit: float | None = None) -> np.ndarray:
+    """Every service over the same span, one strip each (name, p95 line on its own
+    labelled scale, failures in red under it), sharing the time axis at the bottom: the
+    Metrics History view, to compare services at a glance."""
+    fs = font_size(scale)
+    th = text_height(fs)
+    u = max(1, round(scale))
+    cv = Canvas(size, size)
+    n = max(1, len(rows))
+    axis_h = th + 4 * u
+    band = (size - axis_h) // n
+    tops = [nice_top(max([v for v in p95 if _finite(v)] or [1.0]) * 1.05)[0] for _, _, p95, _ in rows]
+    label_w = max([text_width(ms_label(t), fs) for t in tops] + [text_width("0", fs)]) + 6 * u
+    x0, x1 = label_w, size - 4 * u
+    w = x1 - x0
+    for i, (name, times, p95, ok) in enumerate(rows):
+        b0 = i * band
+        top_y, bottom_y = b0 + th + 4 * u, b0 + band - 6 * u
+        cv.rect(x0, top_y, x1, bottom_y + 1, PLOT)
+        cv.text(x0 + 4 * u, b0 + 2 * u, name, AXIS_TEXT, fs)
+        top = tops[i]
+
+        def y_of(v, top=top, top_y=top_y, bottom_y=bottom_y):
+            return bottom_y - np.clip(v / top, 0, 1.0) * (bottom_y - top_y)
+
+        cv.text(x0 - 3 * u - text_width(ms_label(top), fs), top_y - th // 2, ms_label(top), AXIS_TEXT, fs)
+        cv.text(x0 - 3 * u - text_width("0", fs), bottom_y - th // 2, "0", AXIS_TEXT, fs)
+        cv.hline(top_y, x0, x1, GRID)
+        if _finite(limit) and limit <= top:
+            cv.hline(int(round(float(y_of(np.array(limit))))), x0, x1, LIMIT, dash=4 * u)
+        _line(cv, x0, y_of, columns(times, p95, span, w), P95, 2 * u)
+        rates = columns(times, ok, span, w, reduce=min)
+        bad = ~np.isnan(rates) & (np.nan_to_num(rates, nan=1) < 0.999)
+        for x in np.nonzero(bad)[0]:
+            cv.rect(x0 + x - u, bottom_y - 4 * u, x0 + x + u + 1, bottom_y + 1, FAIL)
+    y = size - axis_h + 2 * u
+    cv.text(x0, y, span_label(span[1] - span[0]), AXIS_TEXT, fs)
+    cv.text(x1 - text_width("now", fs), y, "now", AXIS_TEXT, fs)
+    return cv.pixels()
 
 
-def tiles(px: list[float], w: int, h: int) -> list[list[float]]:
-    """Cut a w x h picture into square h x h tiles, left to right. Blender shows a preview
-    icon in a square box, so a wide chart is shown as a row of square tiles."""
-    out = []
-    for k in range(w // h):
-        tile = []
-        for y in range(h):
-            start = (y * w + k * h) * 4
-            tile += px[start:start + h * 4]
-        out.append(tile)
-    return out
+# -- state icons ------------------------------------------------------------------------------------
+def _segment_distance(px, py, ax, ay, bx, by):
+    dx, dy = bx - ax, by - ay
+    t = np.clip(((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy), 0, 1)
+    return np.hypot(px - (ax + t * dx), py - (ay + t * dy))
+
+
+def state_icon(kind: str, colour, size: int = 32) -> np.ndarray:
+    """A round badge in the state's colour with its symbol cut out in dark: check
+    (connected), clock (connecting), cross (disconnected), exclamation mark (error), question
+    mark (unknown). The shape alone tells the state, for colour-blind eyes."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    s = size / 32.0
+    r = np.hypot(xx - size / 2, yy - size / 2)
+    disc = np.clip(14.5 * s - r + 0.5, 0, 1)
+    ink = np.zeros_like(disc)
+    lw = 2.2 * s
+
+    def seg(ax, ay, bx, by, width=lw):
+        d = _segment_distance(xx, yy, ax * s, ay * s, bx * s, by * s)
+        np.maximum(ink, np.clip(width - d + 0.5, 0, 1), out=ink)
+
+    if kind == "connected":
+        seg(9, 16.5, 14, 21.5)
+        seg(14, 21.5, 23, 11)
+    elif kind == "connecting":
+        ring = np.clip(1.6 * s - np.abs(r - 9.5 * s) + 0.5, 0, 1)
+        np.maximum(ink, ring, out=ink)
+        seg(16, 16, 16, 10, 1.8 * s)
+        seg(16, 16, 20, 18, 1.8 * s)
+    elif kind == "disconnected":
+        seg(11, 11, 21, 21)
+        seg(21, 11, 11, 21)
+    elif kind == "error":
+        seg(16, 8.5, 16, 18)
+        seg(16, 23, 16, 23.2, 2.4 * s)
+    else:  # unknown, offline, missing
+        ring = np.clip(1.8 * s - np.abs(np.hypot(xx - 16 * s, yy - 12.5 * s) - 4.5 * s) + 0.5, 0, 1)
+        ring[(yy > 12.5 * s) & (xx < 16 * s)] = 0
+        np.maximum(ink, ring, out=ink)
+        seg(16, 17, 16, 18.5, 1.8 * s)
+        seg(16, 23, 16, 23.2, 2.2 * s)
+    a = np.zeros((size, size, 4), dtype=np.float32)
+    a[..., :3] = np.asarray(colour[:3], dtype=np.float32) * (1 - ink[..., None]) + 0.08 * ink[..., None]
+    a[..., 3] = disc
+    return np.ascontiguousarray(a[::-1]).ravel()

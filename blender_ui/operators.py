@@ -1,25 +1,25 @@
-"""Operators: refresh, local monitor start/stop, copy an error, export, test connection,
-and the indicator buttons whose tooltips explain each status."""
+"""Operators: one small one per job. Every one the artist can run has a name that reads on
+its own in F3 search; the two that only serve the panels (details toggle, indicator
+tooltips) are internal."""
 import time
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 from bpy.types import Operator
 
-from . import runtime, view
+from . import connection, exports, monitor, view
 from .props import RANGE_ITEMS
-
-RT = runtime.RT
+from .state import RT, STATE
 
 
 def _state(context):
-    return getattr(context.window_manager, runtime.STATE)
+    return getattr(context.window_manager, STATE)
 
 
 class MOVIE_DIRECTOR_OT_refresh(Operator):
-    """Ask the probes to check now; fresh results show within a second"""
+    """Ask the probes to check their backends now"""
     bl_idname = "movie_director.refresh"
-    bl_label = "Refresh"
+    bl_label = "Refresh Backend Status"
 
     service: StringProperty(name="Service", description="One service, or empty for all")
 
@@ -35,24 +35,24 @@ class MOVIE_DIRECTOR_OT_refresh(Operator):
 
 
 class MOVIE_DIRECTOR_OT_start_monitor(Operator):
-    """Start the aggregator and the probes as child processes of Blender (stopped with it)"""
+    """Start the aggregator and probes as child processes of Blender; they stop with it"""
     bl_idname = "movie_director.start_monitor"
     bl_label = "Start Local Monitor"
 
     def execute(self, context):
-        ok, note = runtime.start_monitor()
+        ok, note = monitor.start_local()
         _state(context).message = note
         self.report({"INFO"} if ok else {"WARNING"}, note)
         return {"FINISHED"} if ok else {"CANCELLED"}
 
 
 class MOVIE_DIRECTOR_OT_stop_monitor(Operator):
-    """Stop the aggregator and probes this add-on started (nothing else)"""
+    """Stop the aggregator and probes this add-on started, and nothing else"""
     bl_idname = "movie_director.stop_monitor"
     bl_label = "Stop Local Monitor"
 
     def execute(self, context):
-        n = runtime.stop_monitor(wait=False)
+        n = monitor.stop_local(wait=False)
         note = "Stopping the local monitor" if n else "This add-on has not started a monitor"
         _state(context).message = note
         self.report({"INFO"}, note)
@@ -62,7 +62,7 @@ class MOVIE_DIRECTOR_OT_stop_monitor(Operator):
 class MOVIE_DIRECTOR_OT_copy_error(Operator):
     """Copy this service's error message to the clipboard"""
     bl_idname = "movie_director.copy_error"
-    bl_label = "Copy"
+    bl_label = "Copy Service Error"
 
     service: StringProperty(name="Service")
 
@@ -77,21 +77,62 @@ class MOVIE_DIRECTOR_OT_copy_error(Operator):
 
 
 class MOVIE_DIRECTOR_OT_test_connection(Operator):
-    """Reconnect to the endpoints above and report whether a monitor answers"""
+    """Reconnect to the endpoints in the preferences and report whether a monitor answers"""
     bl_idname = "movie_director.test_connection"
-    bl_label = "Test Connection"
+    bl_label = "Test Monitor Connection"
 
     def execute(self, context):
-        note = runtime.test_connection()
+        note = connection.test_connection()
         _state(context).message = note
         self.report({"INFO"}, note)
         return {"FINISHED"}
 
 
+class MOVIE_DIRECTOR_OT_write_thresholds(Operator):
+    """Write the alert thresholds into the monitor's config file; it applies them when it starts"""
+    bl_idname = "movie_director.write_thresholds"
+    bl_label = "Write Thresholds to Monitor Config"
+
+    def execute(self, context):
+        from . import thresholds
+
+        path = thresholds.config_path()
+        if path is None:
+            self.report({"ERROR"}, "No config path: set MD_HEALTH_CONFIG for Blender and the monitor")
+            return {"CANCELLED"}
+        t = RT.thresholds
+        try:
+            thresholds.write(path, {"p95_ms": t["p95_ms"], "success_pct": round(t["success"] * 100, 3),
+                                    "down_s": t["down_s"]})
+        except OSError as exc:
+            self.report({"ERROR"}, f"Cannot write {path}: {exc.strerror or exc}")
+            return {"CANCELLED"}
+        note = f"Thresholds written to {path}; restart the monitor to apply them"
+        _state(context).message = note
+        self.report({"INFO"}, note)
+        return {"FINISHED"}
+
+
+class MOVIE_DIRECTOR_OT_toggle_details(Operator):
+    """Show or hide this service's details"""
+    bl_idname = "movie_director.toggle_details"
+    bl_label = "Toggle Service Details"
+    bl_options = {"INTERNAL"}
+
+    service: StringProperty()
+
+    def execute(self, context):
+        item = _state(context).services.get(self.service)
+        if item is None:
+            return {"CANCELLED"}
+        item.show_details = not item.show_details
+        return {"FINISHED"}
+
+
 class MOVIE_DIRECTOR_OT_indicator(Operator):
-    """A status indicator: hover for what it means, click to print it in the status bar"""
+    """A status shown as text: its tooltip explains it"""
     bl_idname = "movie_director.indicator"
-    bl_label = "Status"
+    bl_label = "Backend Status"
     bl_options = {"INTERNAL"}
 
     kind: StringProperty()      # overall, state, badge, last_check, llm, metric
@@ -108,27 +149,26 @@ class MOVIE_DIRECTOR_OT_indicator(Operator):
 
 
 def explain(context, kind: str, service: str, text: str = "") -> str:
+    """One tooltip per indicator, each saying its one thing once."""
     state = _state(context)
     item = state.services.get(service) if service else None
     if kind == "overall":
-        return f"{view.OVERALL.get(state.overall, ('', state.overall))[1]}. {state.overall_reason}.\n{view.OVERALL_RULE}"
+        return f"{state.overall_reason}.\n{view.OVERALL_RULE}" if state.overall != "GREEN" else view.OVERALL_RULE
     if kind == "state" and item is not None:
-        icon, words, meaning = view.STATES.get(item.state, view.STATES["unknown"])
-        extra = f"\n{item.error}" if item.error else ""
-        return f"{item.label}: {words}. {meaning}{extra}"
+        meaning = view.STATES.get(item.state, view.STATES["unknown"])[2]
+        return f"{meaning}\n{view.plain(item.error)}" if item.error and item.state != "connected" else meaning
     if kind == "badge" and item is not None:
-        return (f"{item.label} is {'required' if item.required else 'optional'} for Movie Director: when it is "
-                f"down the light turns {'red' if item.required else 'yellow'}. Change it in the preferences")
+        return (f"When {item.label} is down the light turns {'red' if item.required else 'yellow'}; "
+                "change it in the add-on preferences")
     if kind == "last_check" and item is not None:
-        when = item.last_check or "never"
-        return f"Last check of {item.label} at {when}. The probe checks every few seconds; Refresh checks now"
+        return f"Local time of the last check: {item.last_check or 'never'}. Refresh checks now"
     return text or "Movie Director backend health"
 
 
 class MOVIE_DIRECTOR_OT_export_metrics(Operator):
-    """Export metrics history as CSV or JSON; the monitor serves it over the bus"""
+    """Export the metrics history as CSV or JSON"""
     bl_idname = "movie_director.export_metrics"
-    bl_label = "Export Metrics"
+    bl_label = "Export Health Metrics"
 
     filepath: StringProperty(subtype="FILE_PATH")
     filter_glob: StringProperty(default="*.csv;*.json", options={"HIDDEN"})
@@ -150,7 +190,7 @@ class MOVIE_DIRECTOR_OT_export_metrics(Operator):
         if client is None or not client.online:
             self.report({"ERROR"}, "Monitor offline: nothing to export")
             return {"CANCELLED"}
-        self._rid = client.export(self.format, runtime.EXPORT_TIER[self.range], self.range, self.service or None)
+        self._rid = client.export(self.format, exports.TIER[self.range], self.range, self.service or None)
         if self._rid is None:
             self.report({"ERROR"}, "The monitor is not reachable")
             return {"CANCELLED"}
@@ -182,8 +222,8 @@ class MOVIE_DIRECTOR_OT_export_metrics(Operator):
             _state(context).message = note
             return {"CANCELLED"}
         try:
-            note = runtime.write_export(reply, self.filepath, self.format)
-        except runtime.ExportError as exc:
+            note = exports.write_export(reply, self.filepath, self.format)
+        except exports.ExportError as exc:
             note = f"Export failed: {exc}"
             self.report({"ERROR"}, note)
             _state(context).message = note
@@ -199,6 +239,8 @@ classes = (
     MOVIE_DIRECTOR_OT_stop_monitor,
     MOVIE_DIRECTOR_OT_copy_error,
     MOVIE_DIRECTOR_OT_test_connection,
+    MOVIE_DIRECTOR_OT_write_thresholds,
+    MOVIE_DIRECTOR_OT_toggle_details,
     MOVIE_DIRECTOR_OT_indicator,
     MOVIE_DIRECTOR_OT_export_metrics,
 )

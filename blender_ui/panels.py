@@ -1,19 +1,22 @@
 """The Connection Status panel, its Health Monitoring sub-panel and the Metrics History view,
 in the 3D Viewport sidebar, the Properties editor (Scene tab) and the Video Sequencer sidebar.
 
-Drawing only reads: the window manager's mirrored status and the client's dictionaries.
+`draw()` only reads: the window manager's mirrored status, the client's dictionaries and
+the pictures the timer rendered (pictures.py). States are text with an icon, never buttons;
+colour comes from the state icons and only reinforces the words.
 """
 import time
 
 import bpy
 from bpy.types import Panel
 
-from . import charts, deps, runtime, view
+from . import deps, instrument, pictures, view
+from .state import RT, STATE, prefs
 
-RT = runtime.RT
 # Icons come and go between versions (INTERNET_OFFLINE is not in 3.4): fall back, never fail.
 ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
 FALLBACK = {"INTERNET_OFFLINE": "UNLINKED", "INTERNET": "LINKED"}
+CHAR_PX = 7.0  # about the width of one character of Blender's UI font at scale 1
 
 
 def _i(name):
@@ -39,188 +42,221 @@ class PropertiesScene:
     bl_context = "scene"
 
 
-def _indicator(layout, kind, text, icon, service="", tip="", emboss=False):
-    op = layout.operator("movie_director.indicator", text=text, icon=_i(icon), emboss=emboss)
-    op.kind, op.service, op.text = kind, service, tip
-    return op
+# -- small pieces ---------------------------------------------------------------------------------
+def _scale(context) -> float:
+    return context.preferences.system.ui_scale
 
 
-def _bar(layout, frac, text, level="none", tip=""):
-    """A ten-cell bar of coloured squares (colour from the threshold level) and its value in
-    words, whose tooltip explains it. Built from icons: the same in Blender 3.4 and 5.0."""
-    row = layout.row(align=True)
-    row.alignment = "LEFT"
-    filled = max(1 if level != "none" else 0, round(view.fraction(frac) * 10))
-    colour = view.LEVEL_ICON[level] if level != "none" else "SEQUENCE_COLOR_09"
-    for cell in range(10):
-        row.label(text="", icon=_i(colour if cell < filled else "SEQUENCE_COLOR_09"))
-    _indicator(row, "metric", text, "NONE", tip=tip or text)
+def _chars(context, indent: int = 2) -> int:
+    """About how many characters fit on a line of this region, inside `indent` boxes."""
+    return max(16, int((context.region.width - 30 * indent * _scale(context)) / (CHAR_PX * _scale(context))))
 
 
-def _chars(context) -> int:
-    """About how many characters fit on a line of this region (for wrapping long texts)."""
-    scale = context.preferences.system.ui_scale
-    return max(16, int(context.region.width / (7.0 * scale)) - 4)
-
-
-def _narrow(context) -> bool:
-    return context.region.width < 420 * context.preferences.system.ui_scale
+def _wide(context) -> bool:
+    return context.region.width >= 420 * _scale(context)
 
 
 def _wrapped(layout, text, chars, icon="NONE"):
-    """Blender labels do not wrap: split long texts (errors, reasons) over several lines."""
-    import textwrap
-
+    """Blender labels do not wrap: split long texts (errors, lists, paths) between words."""
     col = layout.column(align=True)
-    for k, line in enumerate(textwrap.wrap(text, chars) or [""]):
+    for k, line in enumerate(view.wrap(text, chars)):
         col.label(text=line, icon=_i(icon) if k == 0 and icon != "NONE" else "NONE")
     return col
 
 
-def _picture(layout, icons, scale):
-    """A chart: its square tiles side by side."""
-    row = layout.row(align=True)
-    row.alignment = "LEFT"
-    for icon in icons:
-        row.template_icon(icon_value=icon, scale=scale)
+def _status(layout, kind, text, state, service="", tip=""):
+    """A state as a label with its coloured icon; the tooltip explains it. (An operator
+    without emboss looks like a label and is the one widget that carries a tooltip.)"""
+    op = layout.operator("movie_director.indicator", text=text, icon_value=pictures.state_icon(state), emboss=False)
+    op.kind, op.service, op.text = kind, service, tip
 
 
-# -- Connection Status -----------------------------------------------------------------------------
+def _note(layout, kind, text, icon="NONE", service="", tip=""):
+    op = layout.operator("movie_director.indicator", text=text, icon=_i(icon), emboss=False)
+    op.kind, op.service, op.text = kind, service, tip
+
+
+def _picture(layout, context, key, side, waiting):
+    """A rendered chart at its pixel size, or one line saying why there is none."""
+    icon_id = pictures.icon(key)
+    if not icon_id:
+        layout.label(text=waiting, icon=_i("TIME"))
+        return
+    row = layout.row()
+    row.alignment = "CENTER"
+    row.template_icon(icon_value=icon_id, scale=(side + 8) / (20 * _scale(context)))
+
+
+def _waiting(points: int) -> str:
+    return "Collecting data: a chart needs 2 points" if points == 0 else f"Collecting data: {points} point so far"
+
+
+# -- Connection Status -------------------------------------------------------------------------------
 class ConnectionStatus:
     bl_label = "Backend Services"
 
     def draw_header(self, context):
-        state = getattr(context.window_manager, runtime.STATE)
-        self.layout.label(text="", icon=_i(view.OVERALL.get(state.overall, view.OVERALL["OFFLINE"])[0]))
+        state = getattr(context.window_manager, STATE)
+        self.layout.label(text="", icon_value=pictures.state_icon(view.OVERALL_STATE.get(state.overall, "offline")))
 
     def draw(self, context):
         layout = self.layout
-        state = getattr(context.window_manager, runtime.STATE)
+        state = getattr(context.window_manager, STATE)
         if deps.MISSING:
             col = layout.column()
             col.alert = True
             col.label(text="Missing Python packages", icon=_i("ERROR"))
-            col.label(text=deps.MISSING)
+            _wrapped(col, deps.MISSING, _chars(context, 1))
             return
         client = RT.client
         records = client.services if client else {}
+        chars = _chars(context)
 
-        icon, words = view.OVERALL.get(state.overall, view.OVERALL["OFFLINE"])
         row = layout.row(align=True)
-        row.scale_y = 1.4
-        _indicator(row, "overall", words, icon, emboss=True)
+        row.scale_y = 1.3
+        words = view.OVERALL.get(state.overall, view.OVERALL["OFFLINE"])[1]
+        _status(row, "overall", words, view.OVERALL_STATE.get(state.overall, "offline"))
         sub = row.row(align=True)
         sub.enabled = state.online
         sub.operator("movie_director.refresh", text="", icon=_i("FILE_REFRESH")).service = ""
-        if state.overall_reason and state.overall not in ("GREEN", "OFFLINE"):
-            _wrapped(layout, state.overall_reason, _chars(context))
+        if state.online and state.overall != "GREEN":
+            _wrapped(layout, state.overall_reason, _chars(context, 1))
 
         if not state.online:
-            box = layout.box()
-            col = box.column()
-            col.alert = True
-            col.label(text="Monitor offline", icon=_i("INTERNET_OFFLINE"))
-            ep = RT.endpoints.snapshots if RT.endpoints else "?"
-            box.label(text=f"No heartbeat at {ep}. Reconnects by itself.")
-            if not state.monitor_running:
-                box.operator("movie_director.start_monitor", icon=_i("PLAY"))
-            else:
-                box.label(text="Local monitor starting ...", icon=_i("TIME"))
-
-        now = time.time()
-        traced = {}
-        for item in state.services:
-            self.draw_service(context, layout, item, records.get(item.name), now)
-            traced[item.name] = item.state
-        self.draw_llm(layout, state, records.get(view.LLM))
-
-        footer = layout.row(align=True)
-        if state.monitor_running:
-            footer.operator("movie_director.stop_monitor", icon=_i("PAUSE"))
-        elif state.online:
-            footer.label(text="Monitor running outside Blender", icon=_i("LINKED"))
-        if state.message:
-            _wrapped(layout, state.message, _chars(context), "INFO")
-        runtime.trace("connection_status", {"overall": state.overall, "online": state.online, "services": traced,
-                                            "space": self.bl_space_type})
-
-    def draw_service(self, context, layout, item, record, now):
-        chars = _chars(context)
-        box = layout.box()
-        icon, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
-        badge = ("Required", "LOCKED") if item.required else ("Optional", "UNLOCKED")
-        alert = item.state in ("disconnected", "error") or (item.required and item.state != "connected")
-        if _narrow(context):  # a sidebar: name and badge icon on one line, the state below
-            row = box.row(align=True)
-            row.prop(item, "show_details", text="", emboss=False,
-                     icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
-            row.label(text=item.label)
-            _indicator(row, "badge", "", badge[1], item.name)
-            state_row = box.row(align=True)
+            self.draw_offline(context, layout, state)
         else:
-            split = box.split(factor=0.4)
-            row = split.row(align=True)
-            row.prop(item, "show_details", text="", emboss=False,
-                     icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
-            row.label(text=item.label)
-            state_row = split.row(align=True)
-        sub = state_row.row(align=True)
-        sub.alert = alert
-        _indicator(sub, "state", words, icon, item.name, emboss=True)
-        if not _narrow(context):
-            _indicator(state_row, "badge", badge[0], badge[1], item.name, emboss=True)
-        line = box.row()
-        line.alignment = "LEFT"
-        _indicator(line, "last_check", f"last check {view.ago((record or {}).get('last_check'), now)}", "TIME", item.name)
+            for item in state.services:
+                self.draw_service(context, layout, item, records.get(item.name), chars)
+            self.draw_llm(context, layout, state, records.get(view.LLM))
+            if state.monitor_state in ("running", "degraded", "starting"):
+                row = layout.row()
+                row.operator("movie_director.stop_monitor", icon=_i("PAUSE"))
+            if state.monitor_state == "degraded":
+                self.draw_degraded(context, layout, state)
+        if state.message:
+            _wrapped(layout, view.plain(state.message), _chars(context, 1), "INFO")
+        instrument.trace("connection_status", {
+            "overall": state.overall, "online": state.online, "space": self.bl_space_type,
+            "monitor": state.monitor_state, "services": {item.name: item.state for item in state.services}})
+
+    def draw_offline(self, context, layout, state):
+        """One calm block: offline, why, and what happens next; then each service as
+        name + unknown."""
+        box = layout.box()
+        box.label(text="Monitor offline", icon=_i("INTERNET_OFFLINE"))
+        chars = _chars(context)
+        ep = RT.endpoints.snapshots if RT.endpoints else "?"
+        mon = state.monitor_state
+        if mon == "starting":
+            _wrapped(box, "The local monitor is starting; the panels fill in as soon as it answers.", chars, "TIME")
+        elif mon == "stopping":
+            _wrapped(box, "The local monitor is stopping.", chars, "TIME")
+        elif mon == "degraded":
+            self.draw_degraded(context, box, state)
+        elif mon == "running":
+            _wrapped(box, f"The local monitor runs but sends no heartbeat to {ep}; it reconnects by itself.", chars)
+        else:
+            _wrapped(box, f"Nothing answers at {ep}. Start one here, or it reconnects by itself when a "
+                          "monitor starts.", chars)
+            if state.monitor_note:
+                _wrapped(box, view.plain(state.monitor_note), chars, "ERROR")
+            box.operator("movie_director.start_monitor", icon=_i("PLAY"))
+        col = layout.column(align=True)
+        for item in state.services:
+            split = col.split(factor=0.5)
+            split.label(text=item.label)
+            _status(split, "state", "Unknown", "unknown", item.name)
+        split = col.split(factor=0.5)
+        split.label(text="Language Models")
+        _status(split, "llm", "Unknown", "unknown", tip="No heartbeat from the monitor: state unknown")
+
+    def draw_degraded(self, context, layout, state):
+        col = layout.column()
+        col.alert = True
+        _wrapped(col, view.plain(state.monitor_note or "One part of the local monitor exited"),
+                 _chars(context), "ERROR")
+        layout.operator("movie_director.start_monitor", text="Restart What Exited", icon=_i("PLAY"))
+
+    def draw_service(self, context, layout, item, record, chars):
+        box = layout.box()
+        _, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
+        split = box.split(factor=0.45)
+        op = split.operator("movie_director.toggle_details", text=item.label, emboss=False,
+                            icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
+        op.service = item.name
+        row = split.row(align=True)
+        sub = row.row(align=True)
+        sub.alert = item.state in ("disconnected", "error")
+        _status(sub, "state", words, item.state, item.name)
+        badge = ("Required", "LOCKED") if item.required else ("Optional", "UNLOCKED")
+        _note(row, "badge", badge[0] if _wide(context) else "", badge[1], item.name)
+        col = box.column(align=True)
+        when = view.ago((record or {}).get("last_check"), time.time())
         if item.state == "connected":
-            box.label(text=f"{item.version or view.DASH} · {view.capabilities_text(record)}", icon=_i("INFO"))
-        if item.show_details:
-            col = box.column(align=True)
-            col.label(text=f"URL: {(record or {}).get('url') or view.DASH}")
-            col.label(text=f"Version: {item.version or view.DASH}")
-            for line_text in view.devices_lines(record) or [f"Devices: {view.DASH}"]:
-                _wrapped(col, line_text, chars)
-            col.label(text=f"Queue: {view.queue_text(record)}")
-            _wrapped(col, f"Resources: {view.resources_text(record)}", chars)
-            if item.error and item.state != "offline":  # an old error is not news while offline
+            _note(col, "last_check", f"{item.version or view.DASH}, checked {when}", "TIME", item.name)
+            caps = view.capabilities_text(record)
+            if caps != view.DASH:
+                _wrapped(col, caps, chars)
+        else:
+            _note(col, "last_check", f"Checked {when}", "TIME", item.name)
+            if item.error and not item.show_details:
                 err = col.column(align=True)
                 err.alert = True
-                _wrapped(err, item.error, chars, "ERROR")
-                row = col.row()
-                row.alignment = "LEFT"
-                row.operator("movie_director.copy_error", text="Copy Error", icon=_i("COPYDOWN")).service = item.name
+                lines = view.wrap(view.plain(item.error), chars)
+                for line in lines[:2]:
+                    err.label(text=line)
+                if len(lines) > 2:
+                    err.label(text="(more in the details)")
+        if item.show_details:
+            self.draw_details(box, item, record, chars)
 
-    def draw_llm(self, layout, state, record):
-        p = runtime.prefs()
+    def draw_details(self, box, item, record, chars):
+        col = box.column(align=True)
+        _wrapped(col, f"URL: {(record or {}).get('url') or view.DASH}", chars)
+        col.label(text=f"Version: {item.version or view.DASH}")
+        col.label(text=f"Required: {'yes' if item.required else 'no (optional)'}")
+        for line_text in view.devices_lines(record) or [f"Devices: {view.DASH}"]:
+            _wrapped(col, line_text, chars)
+        col.label(text=f"Queue: {view.queue_text(record)}")
+        _wrapped(col, f"Job time: {view.job_time_text(record)}", chars)
+        _wrapped(col, f"Resources: {view.resources_text(record)}", chars)
+        if item.error and item.state != "connected":
+            err = col.column(align=True)
+            err.alert = True
+            _wrapped(err, view.plain(item.error), chars, "ERROR")
+            row = col.row()
+            row.alignment = "LEFT"
+            row.operator("movie_director.copy_error", text="Copy Error", icon=_i("COPYDOWN")).service = item.name
+
+    def draw_llm(self, context, layout, state, record):
+        p = prefs()
         llm = view.llm_view(record, p.active_model if p else "")
         box = layout.box()
-        row = box.row(align=True)
-        row.prop(state, "show_llm_details", text="", emboss=False,
-                 icon=_i("TRIA_DOWN" if state.show_llm_details else "TRIA_RIGHT"))
-        row.label(text="Language Models")
-        if not state.online or record is None:
-            icon, words, _ = view.STATES[view.state_of(record, state.online)]
-            _indicator(row, "llm", words, icon, tip="No language-model probe reports to the monitor")
+        split = box.split(factor=0.45)
+        split.prop(state, "show_llm_details", text="Language Models", emboss=False,
+                   icon=_i("TRIA_DOWN" if state.show_llm_details else "TRIA_RIGHT"))
+        if record is None:
+            _status(split, "llm", "Not monitored", "missing", tip="No language-model probe reports to the monitor")
         elif llm["configured"]:
-            _indicator(row, "llm", "Configured", "CHECKMARK", tip="At least one provider has a key")
+            _status(split, "llm", "Configured", "connected", tip="At least one provider has a valid key")
         else:
-            sub = row.row()
+            sub = split.row()
             sub.alert = True
-            _indicator(sub, "llm", "Not Configured", "CANCEL", tip="No provider has an API key")
+            _status(sub, "llm", "Not Configured", "disconnected", tip="No provider has an API key")
+        col = box.column(align=True)
         if record is not None and not llm["configured"]:
-            col = box.column(align=True)
-            col.label(text="Set one of these environment variables:", icon=_i("INFO"))
+            col.label(text="Set one of these where the monitor runs:", icon=_i("INFO"))
             for name in view.LLM_ENV_HINT:
                 col.label(text=f"    {name}")
-        if llm["configured"] or state.show_llm_details:
-            col = box.column(align=True)
+        if llm["configured"]:
             col.label(text=f"Active model: {llm['active_model']}")
             col.label(text=f"Models available: {view.count(llm['model_count'])}")
-            if state.show_llm_details:
-                for name, pstate, error in llm["providers"]:
-                    r = col.row()
-                    r.alert = pstate in ("invalid", "unreachable")
-                    r.label(text=f"{name}: {pstate.replace('_', ' ')}" + (f" ({error})" if error else ""))
+        if state.show_llm_details:
+            for name, pstate, error in llm["providers"]:
+                r = col.column(align=True)
+                r.alert = pstate in ("invalid", "unreachable")
+                _wrapped(r, f"{name}: {pstate.replace('_', ' ')}" + (f" ({view.plain(error)})" if error else ""),
+                         _chars(context))
         if llm["models"]:
             row = box.row()
             row.prop(state, "show_models", emboss=False, icon=_i("TRIA_DOWN" if state.show_models else "TRIA_RIGHT"),
@@ -232,185 +268,198 @@ class ConnectionStatus:
 
 
 # -- Health Monitoring -------------------------------------------------------------------------------
-def _trend_icons(name, rng, series, big=False):
-    """(response-time tiles, success-rate tiles) for one service, re-rendered only on change."""
-    h = 64 if big else 40
-    w = h * (6 if big else 4)
-    t = series.get("t") or []
-    seconds = view.RANGE_SECONDS[rng]
-    now = time.time()
-    span = (now - seconds, now)
-    # Re-render when data arrives, or when the time axis has moved by about one column.
-    sig = (rng, len(t), t[-1] if t else None, int(now / max(1.0, seconds / w)))
-    p95, p50, ok = series.get("p95_ms") or [], series.get("p50_ms") or [], series.get("success_rate") or []
-    trend = runtime.chart_icons(f"{name}.trend.{h}", sig, (w, h), lambda: charts.line_chart(
-        [(p95, charts.P95), (p50, charts.P50)], w, h, limit=view.FAST_MS, rates=ok, times=t, span=span))
-    rate = runtime.chart_icons(f"{name}.rate.{h}", sig, (w, h), lambda: charts.rate_chart(ok, w, h, t, span))
-    return trend, rate
-
-
-def service_series(name, rng):
-    """The aggregator's history for the range, else the add-on's own recent samples (5 m)."""
-    series = view.history_series(RT.client.history if RT.client else {}, name, rng)
-    if series or rng != "5m":
-        return series
-    samples = list(RT.samples.get(name) or ())
-    return {"t": [s[0] for s in samples], "p50_ms": [s[1] for s in samples], "p95_ms": [s[2] for s in samples],
-            "success_rate": [s[3] for s in samples]}
-
-
 class HealthDashboard:
     bl_label = "Health Monitoring"
 
     def draw(self, context):
         layout = self.layout
-        state = getattr(context.window_manager, runtime.STATE)
+        state = getattr(context.window_manager, STATE)
         rng = state.metrics_range
         layout.row().prop(state, "metrics_range", expand=True)
-        if RT.dashboard_drawn < time.monotonic() - 3.0:
-            RT.next_history = 0.0  # just opened: fetch the history now
-        RT.dashboard_drawn = time.monotonic()
         client = RT.client
         if client is None or not state.online:
             layout.label(text="Monitor offline: no figures", icon=_i("INTERNET_OFFLINE"))
             return
+        chars = _chars(context)
+        th = RT.thresholds
         for alert in client.alerts:
             col = layout.column()
             col.alert = True
-            col.label(text=str(alert.get("message") or alert.get("name")), icon=_i("ERROR"))
-
-        shown = {}
+            _wrapped(col, view.plain(str(alert.get("message") or alert.get("name"))), _chars(context, 1), "ERROR")
         idle = [item.label for item in state.services if item.state != "connected"]
         if idle:
-            layout.label(text=f"No live figures (not connected): {', '.join(idle)}", icon=_i("INFO"))
+            _wrapped(layout, f"No live figures (not connected): {', '.join(idle)}", _chars(context, 1), "INFO")
+        side = pictures.side(context.region.width, _scale(context))
+        shown = {}
         for item in state.services:
             record = client.services.get(item.name)
             if record is None or item.state != "connected":
                 continue
             stats = view.stats_for(record, rng)
             box = layout.box()
-            icon, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
-            box.label(text=f"{item.label} · {words}", icon=_i(icon))
-            p95 = stats.get("p95_ms")
-            lvl = view.level(p95)
-            _bar(box, (p95 or 0) / view.SLOW_MS, f"avg {view.ms(stats.get('avg_ms'))} · p95 {view.ms(p95)}", lvl,
-                 f"Response time over {rng}: average and 95th percentile ({view.count(stats.get('count'))} "
-                 f"requests). Green under {view.ms(view.FAST_MS)}, yellow under {view.ms(view.SLOW_MS)}, red above; "
-                 f"the bar is full at {view.ms(view.SLOW_MS)}")
-            rate = stats.get("success_rate")
-            _bar(box, rate or 0.0, f"success {view.pct(rate)}",
-                 "none" if rate is None else ("good" if rate >= 0.99 else "warn" if rate >= 0.9 else "bad"),
-                 f"Share of checks that succeeded over {rng}. Green from 99 %, yellow from 90 %, red below")
+            box.label(text=item.label, icon_value=pictures.state_icon(item.state))
+            p95, rate = stats.get("p95_ms"), stats.get("success_rate")
             col = box.column(align=True)
-            up = col.row()
-            up.alignment = "LEFT"
-            _indicator(up, "metric", f"Uptime ({rng}): {view.pct(view.uptime_for(record, rng), 2)}", "NONE",
-                       tip=f"Share of the last {rng} the service was connected; time its probe was silent "
-                           "counts as unknown, not as up")
-            col.label(text=f"Queue: {view.queue_text(record)}")
-            _wrapped(col, f"Resources: {view.resources_text(record)}", _chars(context))
-            trend, rate_tiles = _trend_icons(item.name, rng, service_series(item.name, rng))
-            if trend:
-                box.label(text="Trend: orange p95, blue p50, dashed 500 ms; bottom strip green ok, red failed")
-                _picture(box, trend, 2.4)
-            shown[item.name] = {"p95": view.ms(p95), "success": view.pct(rate)}
+            self.figure(col, "Response", f"avg {view.ms(stats.get('avg_ms'))}, p95 {view.ms(p95)}",
+                        isinstance(p95, (int, float)) and p95 > th["p95_ms"],
+                        f"Response time over {rng}: average and 95th percentile of "
+                        f"{view.count(stats.get('count'))} checks")
+            self.figure(col, "Success", view.pct(rate),
+                        isinstance(rate, (int, float)) and rate < th["success"], f"Share of checks that succeeded over {rng}")
+            self.figure(col, "Uptime", view.pct(view.uptime_for(record, rng), 2), False,
+                        f"Share of the last {rng} the service was connected; time its probe was silent counts as "
+                        "unknown, not as up")
+            self.figure(col, "Queue", view.queue_text(record), False, "Jobs waiting in the backend now, and the peak")
+            self.figure(col, "Job time", view.job_time_text(record), False,
+                        "How long the backend took to process its recent jobs")
+            _wrapped(col, f"Resources: {view.resources_text(record)}", chars)
+            key = pictures.chart_key("trend", item.name, rng, side)
+            _picture(box, context, key, side, _waiting(pictures.points(key)))
+            shown[item.name] = {"p95": view.ms(p95), "success": view.pct(rate), "chart": bool(pictures.icon(key))}
 
         self.draw_llm_usage(layout, client.services.get(view.LLM))
+        self.draw_thresholds(layout, state)
         self.draw_compare(layout, state, client, rng)
         row = layout.row()
         op = row.operator("movie_director.export_metrics", icon=_i("EXPORT"))
         op.range = rng if rng != "5m" else "1h"
-        runtime.trace("health_dashboard", {"range": rng, "services": shown, "alerts": len(client.alerts)})
+        instrument.trace("health_dashboard", {"range": rng, "services": shown, "alerts": len(client.alerts)})
+
+    @staticmethod
+    def figure(layout, name, value, bad, tip):
+        split = layout.split(factor=0.35)
+        split.label(text=name)
+        sub = split.row()
+        sub.alert = bad
+        _note(sub, "metric", value, "ERROR" if bad else "NONE", tip=tip)
 
     def draw_llm_usage(self, layout, record):
         if record is None:
             return
         usage = view.llm_usage(record)
-        p = runtime.prefs()
+        p = prefs()
         llm = view.llm_view(record, p.active_model if p else "")
         box = layout.box()
         box.label(text="Language Models", icon=_i("TEXT"))
         col = box.column(align=True)
         col.label(text=f"Active model: {llm['active_model']}")
-        col.label(text=f"Tokens used: {view.count(usage['total_tokens'])} · cost {view.money(usage['cost_usd'])}")
+        col.label(text=f"Tokens used: {view.count(usage['total_tokens'])}, cost {view.money(usage['cost_usd'])}")
         for model, tokens, latency, cost, _req in usage["models"]:
             col.label(text=f"  {model}: {view.count(tokens)} tokens, {view.ms(latency)}, {view.money(cost)}")
 
+    def draw_thresholds(self, layout, state):
+        box = layout.box()
+        box.prop(state, "show_thresholds", emboss=False,
+                 icon=_i("TRIA_DOWN" if state.show_thresholds else "TRIA_RIGHT"))
+        if state.show_thresholds:
+            th = RT.thresholds
+            col = box.column(align=True)
+            col.label(text=f"Slow: p95 above {view.ms(th['p95_ms'])}")
+            col.label(text=f"Failing: success below {view.pct(th['success'], 0)}")
+            col.label(text=f"Down: for {th['down_s']:.0f} s")
+            op = box.operator("preferences.addon_show", text="Edit in Preferences", icon=_i("PREFERENCES"))
+            op.module = __package__
+
     def draw_compare(self, layout, state, client, rng):
         box = layout.box()
-        row = box.row()
-        row.label(text="Compare", icon=_i("SORTSIZE"))
-        row.prop(state, "compare_metric", expand=True)
+        box.label(text=f"Compare ({rng})", icon=_i("SORTSIZE"))
         grid = box.grid_flow(row_major=True, columns=4, even_columns=True, align=True)
         for head in ("Service", "p95", "Success", "Uptime"):
             grid.label(text=head)
-        bars = []
-        colours = (charts.P95, charts.P50, charts.OK, charts.FAIL, charts.LIMIT)
-        for i, item in enumerate(state.services):
+        for item in state.services:
             record = client.services.get(item.name)
             if record is None:
                 continue
             stats = view.stats_for(record, rng)
-            up = view.uptime_for(record, rng)
             grid.label(text=item.label)
             grid.label(text=view.ms(stats.get("p95_ms")))
             grid.label(text=view.pct(stats.get("success_rate")))
-            grid.label(text=view.pct(up))
-            value = {"p95": stats.get("p95_ms"), "success": stats.get("success_rate"), "uptime": up}[state.compare_metric]
-            bars.append((value, colours[i % len(colours)]))
-        if bars:
-            sig = (state.compare_metric, tuple(v for v, _ in bars))
-            limit = view.FAST_MS if state.compare_metric == "p95" else None
-            icons = runtime.chart_icons(f"compare.{len(bars)}", sig, (160, 40),
-                                        lambda: charts.compare_chart(bars, 160, 40, limit))
-            _picture(box, icons, 2.4)
+            grid.label(text=view.pct(view.uptime_for(record, rng)))
 
 
 class MetricsHistory:
     bl_label = "Metrics History"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
         layout = self.layout
-        state = getattr(context.window_manager, runtime.STATE)
+        state = getattr(context.window_manager, STATE)
         if RT.client is None or not state.online:
             layout.label(text="Monitor offline", icon=_i("INTERNET_OFFLINE"))
             return
         rng = state.metrics_range
         layout.row().prop(state, "metrics_range", expand=True)
-        for item in state.services:
-            if item.name not in RT.client.services:
-                continue
-            series = service_series(item.name, rng)
-            layout.label(text=f"{item.label}: {len(series.get('t') or [])} points over {rng}")
-            trend, rate = _trend_icons(item.name, rng, series, big=True)
-            layout.label(text="Response time (orange p95, blue p50)")
-            _picture(layout, trend, 4.0)
-            layout.label(text="Success rate (green share ok, red share failed)")
-            _picture(layout, rate, 2.0)
+        side = pictures.side(context.region.width, _scale(context), big=True)
+        key = pictures.chart_key("history", "all", rng, side)
+        _picture(layout, context, key, side, "Collecting data: no service has 2 points yet")
+        col = layout.column(align=True)
+        _wrapped(col, f"p95 response time of each service over {rng}, each on its own scale. "
+                      "Red marks: failed checks. Dashed: the slow threshold.", _chars(context, 1))
 
 
-# -- the classes: the same three panels in each of the three editors -------------------------------
-def _panels(editor, suffix, open_dashboard):
-    """Panel ids must be unique per class: the 3D Viewport keeps the plain ids, the other
-    editors add a suffix. The Properties editor has room, so its sub-panels start open."""
-    status_id = f"MOVIE_DIRECTOR_PT_connection_status{suffix}"
-    dash_id = f"MOVIE_DIRECTOR_PT_health_dashboard{suffix}"
-    status = type(status_id, (editor, ConnectionStatus, Panel), {"bl_idname": status_id})
-    dash = type(dash_id, (editor, HealthDashboard, Panel), {
-        "bl_idname": dash_id, "bl_parent_id": status_id,
-        "bl_options": set() if open_dashboard else {"DEFAULT_CLOSED"}})
-    hist_id = f"MOVIE_DIRECTOR_PT_metrics_history{suffix}"
-    hist = type(hist_id, (editor, MetricsHistory, Panel), {
-        "bl_idname": hist_id, "bl_parent_id": dash_id,
-        "bl_options": set() if open_dashboard else {"DEFAULT_CLOSED"}})
-    return status, dash, hist
+for _mixin in (ConnectionStatus, HealthDashboard, MetricsHistory):
+    _mixin.draw = instrument.timed(_mixin.draw)
+
+
+# -- the panel classes: the same three in each of the three editors -----------------------------------
+# The 3D Viewport keeps the plain ids, the other editors add a suffix (ids are unique per
+# class). The Properties editor has room, so its sub-panels start open.
+class MOVIE_DIRECTOR_PT_connection_status(View3DSidebar, ConnectionStatus, Panel):
+    bl_idname = "MOVIE_DIRECTOR_PT_connection_status"
+    bl_ui_units_x = 14  # its width when the status bar shows it as a popover
+
+
+class MOVIE_DIRECTOR_PT_health_dashboard(View3DSidebar, HealthDashboard, Panel):
+    bl_idname = "MOVIE_DIRECTOR_PT_health_dashboard"
+    bl_parent_id = "MOVIE_DIRECTOR_PT_connection_status"
+    bl_options = {"DEFAULT_CLOSED"}
+
+
+class MOVIE_DIRECTOR_PT_metrics_history(View3DSidebar, MetricsHistory, Panel):
+    bl_idname = "MOVIE_DIRECTOR_PT_metrics_history"
+    bl_parent_id = "MOVIE_DIRECTOR_PT_health_dashboard"
+    bl_options = {"DEFAULT_CLOSED"}
+
+
+class MOVIE_DIRECTOR_PT_connection_status_sequencer(SequencerSidebar, ConnectionStatus, Panel):
+    bl_idname = "MOVIE_DIRECTOR_PT_connection_status_sequencer"
+
+
+class MOVIE_DIRECTOR_PT_health_dashboard_sequencer(SequencerSidebar, HealthDashboard, Panel):
+    bl_idname = "MOVIE_DIRECTOR_PT_health_dashboard_sequencer"
+    bl_parent_id = "MOVIE_DIRECTOR_PT_connection_status_sequencer"
+    bl_options = {"DEFAULT_CLOSED"}
+
+
+class MOVIE_DIRECTOR_PT_metrics_history_sequencer(SequencerSidebar, MetricsHistory, Panel):
+    bl_idname = "MOVIE_DIRECTOR_PT_metrics_history_sequencer"
+    bl_parent_id = "MOVIE_DIRECTOR_PT_health_dashboard_sequencer"
+    bl_options = {"DEFAULT_CLOSED"}
+
+
+class MOVIE_DIRECTOR_PT_connection_status_properties(PropertiesScene, ConnectionStatus, Panel):
+    bl_idname = "MOVIE_DIRECTOR_PT_connection_status_properties"
+
+
+class MOVIE_DIRECTOR_PT_health_dashboard_properties(PropertiesScene, HealthDashboard, Panel):
+    bl_idname = "MOVIE_DIRECTOR_PT_health_dashboard_properties"
+    bl_parent_id = "MOVIE_DIRECTOR_PT_connection_status_properties"
+
+
+class MOVIE_DIRECTOR_PT_metrics_history_properties(PropertiesScene, MetricsHistory, Panel):
+    bl_idname = "MOVIE_DIRECTOR_PT_metrics_history_properties"
+    bl_parent_id = "MOVIE_DIRECTOR_PT_health_dashboard_properties"
 
 
 classes = (
-    *_panels(View3DSidebar, "", False),
-    *_panels(SequencerSidebar, "_sequencer", False),
-    *_panels(PropertiesScene, "_properties", True),
+    MOVIE_DIRECTOR_PT_connection_status,
+    MOVIE_DIRECTOR_PT_health_dashboard,
+    MOVIE_DIRECTOR_PT_metrics_history,
+    MOVIE_DIRECTOR_PT_connection_status_sequencer,
+    MOVIE_DIRECTOR_PT_health_dashboard_sequencer,
+    MOVIE_DIRECTOR_PT_metrics_history_sequencer,
+    MOVIE_DIRECTOR_PT_connection_status_properties,
+    MOVIE_DIRECTOR_PT_health_dashboard_properties,
+    MOVIE_DIRECTOR_PT_metrics_history_properties,
 )
 
 # Registers in order and unregisters in reverse, as Blender's own modules do.

@@ -14,16 +14,16 @@ REQUIRED_ITEMS = [("AUTO", "As Configured", "Use the monitor's config (services.
 
 
 def _endpoints_changed(self, context):
-    from . import runtime
-    problem = runtime.connect()
-    state = getattr(context.window_manager, runtime.STATE, None)
+    from . import connection, state as st
+    problem = connection.connect()
+    state = st.wm_state(context.window_manager)
     if state is not None:
         state.message = problem or "Endpoints changed: reconnecting"
 
 
 def _settings_changed(self, context):
-    from . import runtime
-    runtime.apply_prefs(self)
+    from . import connection, runtime
+    connection.apply_prefs(self)
     runtime.run_sync(context.window_manager)
 
 
@@ -53,12 +53,27 @@ class MOVIE_DIRECTOR_AP_preferences(AddonPreferences):
                                  description="The language model Movie Director uses (empty: the monitor's choice)")
     auto_start: BoolProperty(name="Start Local Monitor With the Add-on", default=False,
                              description="Start the aggregator and probes when the add-on is enabled")
+    p95_warn_ms: FloatProperty(name="Slow Above", default=500.0, min=1.0, max=600000.0, precision=0,
+                               update=_settings_changed,
+                               description="p95 response time (ms) above which a service counts as slow "
+                                           "(yellow bar, alert p95_ms)")
+    p95_bad_ms: FloatProperty(name="Very Slow Above", default=2000.0, min=1.0, max=600000.0, precision=0,
+                              update=_settings_changed,
+                              description="p95 response time (ms) above which the bar turns red")
+    success_warn_pct: FloatProperty(name="Success Below", default=90.0, min=0.0, max=100.0, precision=1,
+                                    subtype="PERCENTAGE", update=_settings_changed,
+                                    description="Share of successful checks under which an alert is raised "
+                                                "(alert success_pct)")
+    down_after_s: FloatProperty(name="Down For", default=60.0, min=1.0, max=86400.0, precision=0,
+                                unit="TIME_ABSOLUTE", update=_settings_changed,
+                                description="Seconds a service must be down before an alert is raised "
+                                            "(alert down_s)")
     monitor_python: StringProperty(name="Python for the Monitor", subtype="FILE_PATH",
                                    description="Interpreter that runs the local monitor. Empty: Blender's own "
                                                "Python (with the bundled packages)")
 
     def draw(self, context):
-        from . import runtime
+        from . import state as st
 
         layout = self.layout
         if deps.MISSING:
@@ -74,7 +89,7 @@ class MOVIE_DIRECTOR_AP_preferences(AddonPreferences):
         col.prop(self, "requests")
         row = box.row()
         row.operator("movie_director.test_connection", icon="PLUGIN")
-        state = getattr(context.window_manager, runtime.STATE, None)
+        state = st.wm_state(context.window_manager)
         if state is not None and state.message:
             box.label(text=state.message, icon="INFO")
 
@@ -85,8 +100,8 @@ class MOVIE_DIRECTOR_AP_preferences(AddonPreferences):
         row = box.row()
         row.operator("movie_director.start_monitor", icon="PLAY")
         row.operator("movie_director.stop_monitor", icon="PAUSE")
-        if runtime.RT.log_path:
-            box.label(text=f"Log: {runtime.RT.log_path}")
+        if st.RT.log_path:
+            box.label(text=f"Log: {st.RT.log_path}")
 
         box = layout.box()
         box.label(text="Services", icon="PREFERENCES")
@@ -95,6 +110,17 @@ class MOVIE_DIRECTOR_AP_preferences(AddonPreferences):
             grid.prop(self, f"required_{name}")
         box.prop(self, "active_model")
         box.prop(self, "interval")
+
+        box = layout.box()
+        box.label(text="Alert Thresholds", icon="ERROR")
+        col = box.column(align=True)
+        col.use_property_split = True
+        col.prop(self, "p95_warn_ms", text="Slow Above (ms)")
+        col.prop(self, "p95_bad_ms", text="Very Slow Above (ms)")
+        col.prop(self, "success_warn_pct")
+        col.prop(self, "down_after_s")
+        box.label(text="The panels use these at once; the monitor reads them from its config when it starts.")
+        box.operator("movie_director.write_thresholds", icon="FILE_TICK")
 
 
 classes = (MOVIE_DIRECTOR_AP_preferences,)

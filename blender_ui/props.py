@@ -21,8 +21,8 @@ COMPARE_ITEMS = [("p95", "p95", "Compare the 95th percentile of response times")
 
 
 def _range_changed(self, context):
-    from . import runtime  # late: runtime imports this module
-    runtime.history_range_changed(self.metrics_range)
+    from . import connection  # late: it imports the add-on's other modules
+    connection.history_range_changed(self.metrics_range)
 
 
 class MOVIE_DIRECTOR_PG_service(PropertyGroup):
@@ -43,10 +43,12 @@ class MOVIE_DIRECTOR_PG_health(PropertyGroup):
     online: BoolProperty(name="Monitor online", description="Heartbeats arrive from the monitor")
     overall: StringProperty(name="Overall health", default="OFFLINE", description=view.OVERALL_RULE)
     overall_reason: StringProperty(name="Why")
+    overall_short: StringProperty(name="Summary", default="AI backends: monitor offline")
     llm_state: StringProperty(name="Language models")
     services: CollectionProperty(type=MOVIE_DIRECTOR_PG_service)
-    monitor_running: BoolProperty(name="Local monitor running",
-                                  description="The aggregator and probes started by this add-on are running")
+    monitor_state: StringProperty(name="Local monitor", default="stopped",
+                                  description="stopped, starting, running, degraded (one child exited) or stopping")
+    monitor_note: StringProperty(name="Local monitor note", description="Why the local monitor stopped or degraded")
     message: StringProperty(name="Message", description="The last thing the add-on has to tell you")
     updates: IntProperty(name="Updates", description="How many times the timer changed a value here")
     # Interface state, set by the user:
@@ -55,6 +57,7 @@ class MOVIE_DIRECTOR_PG_health(PropertyGroup):
     compare_metric: EnumProperty(name="Compare", items=COMPARE_ITEMS, default="p95")
     show_models: BoolProperty(name="Models", description="Show the list of available models")
     show_llm_details: BoolProperty(name="Details", description="Show providers and their states")
+    show_thresholds: BoolProperty(name="Alert Thresholds", description="Show the thresholds that raise alerts")
 
 
 classes = (MOVIE_DIRECTOR_PG_service, MOVIE_DIRECTOR_PG_health)

@@ -34,6 +34,8 @@ OVERALL: dict[str, tuple[str, str]] = {
     "RED": ("SEQUENCE_COLOR_01", "Required service down"),
     "OFFLINE": ("INTERNET_OFFLINE", "Monitor offline"),
 }
+# The state whose picture icon stands for each light (green check, yellow clock, ...).
+OVERALL_STATE = {"GREEN": "connected", "YELLOW": "connecting", "RED": "disconnected", "OFFLINE": "offline"}
 OVERALL_RULE = ("Red: a required service is not connected. Yellow: only optional services are "
                 "down or still connecting. Green: every monitored service is connected")
 
@@ -86,6 +88,43 @@ def overall(rows: list[tuple[str, str, bool]], online: bool) -> tuple[str, str]:
     if degraded:
         return "YELLOW", "Not connected (optional): " + ", ".join(degraded)
     return "GREEN", OVERALL["GREEN"][1]
+
+
+def overall_short(light: str, rows: list[tuple[str, bool]]) -> str:
+    """The status bar's few words. rows: (state, required)."""
+    if light == "OFFLINE":
+        return "AI backends: monitor offline"
+    down = sum(1 for state, req in rows if state not in ("connected", "missing") or (req and state == "missing"))
+    return "AI backends: all up" if not down else f"AI backends: {down} down"
+
+
+def plain(text: str) -> str:
+    """Texts from probes are written for terminals and docs: drop their markup (code
+    backticks, bold stars) so a label reads as a sentence."""
+    return text.replace("`", "").replace("**", "")
+
+
+def wrap(text: str, chars: int) -> list[str]:
+    """Lines of at most `chars` characters, broken between words; a word longer than a
+    line (a path, a URL) is broken at its separators, never mid-word where avoidable."""
+    import textwrap
+
+    lines = []
+    for line in textwrap.wrap(text, max(8, chars), break_long_words=False, break_on_hyphens=True) or [""]:
+        while len(line) > chars:
+            cut = max(line.rfind(sep, 0, chars) for sep in "/\\:._-,")
+            cut = cut + 1 if cut > chars // 3 else chars
+            lines.append(line[:cut])
+            line = line[cut:]
+        lines.append(line)
+    return lines
+
+
+def job_time_text(record: dict[str, Any] | None) -> str:
+    jobs = (record or {}).get("job_time")
+    if not isinstance(jobs, dict) or not _num(jobs.get("count")):
+        return DASH
+    return f"p50 {ms(jobs.get('p50_ms'))}, p95 {ms(jobs.get('p95_ms'))} ({count(jobs.get('count'))} jobs)"
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -218,12 +257,9 @@ def devices_lines(record: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def capabilities_text(record: dict[str, Any] | None, limit: int = 4) -> str:
-    caps = [str(c) for c in ((record or {}).get("capabilities") or [])]
-    if not caps:
-        return DASH
-    more = f" +{len(caps) - limit}" if len(caps) > limit else ""
-    return ", ".join(caps[:limit]) + more
+def capabilities_text(record: dict[str, Any] | None) -> str:
+    caps = [str(c).replace("_", " ") for c in ((record or {}).get("capabilities") or [])]
+    return ", ".join(caps) if caps else DASH
 
 
 def llm_view(record: dict[str, Any] | None, active_override: str = "") -> dict[str, Any]:

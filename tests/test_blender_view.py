@@ -2,20 +2,24 @@
 "—" for unknown values, and the chart pictures (pure Python, checked pixel by pixel)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The add-on's bpy-free modules, imported as a package without running its __init__
+# (which needs bpy): a bare package object whose path is the add-on folder.
+_PKG = types.ModuleType("md_addon_pure")
+_PKG.__path__ = [str(ROOT / "blender_ui")]
+sys.modules.setdefault("md_addon_pure", _PKG)
+
 
 def _load(name):
-    """Load a bpy-free module of the add-on without running the add-on's __init__ (which needs bpy)."""
-    spec = importlib.util.spec_from_file_location(f"md_addon_{name}", ROOT / "blender_ui" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"md_addon_pure.{name}")
 
 
 view = _load("view")
@@ -79,24 +83,117 @@ def test_llm_box_from_the_contract_shape():
     assert usage["total_tokens"] == 30 and usage["models"][0][:2] == ("a", 30)
 
 
-def test_line_chart_places_points_in_time_and_draws_the_limit():
-    w, h = 40, 20
-    t1 = 1000.0
-    px = charts.line_chart([([10.0, 10.0], charts.P95)], w, h, limit=11.0, times=[t1 - 1, t1], span=(t1 - 40, t1))
-    cv = charts.Canvas(w, h)
-    cv.px = px
-    column = lambda x: [cv.pixel(x, y) for y in range(h)]  # noqa: E731
-    assert charts.P95 in column(w - 1)            # the newest point sits at the right edge
-    assert charts.P95 not in column(0)            # nothing old: the left stays empty
-    assert any(charts.LIMIT in column(x) for x in range(w))  # 11 ms limit is within range
-    assert len(px) == w * h * 4
+def _picture(px, size):
+    return px.reshape(size, size, 4)[::-1]  # rows top-down, as on screen
 
 
-def test_rate_chart_and_tiles():
-    px = charts.rate_chart([1.0, 0.5], 4, 10)
-    cv = charts.Canvas(4, 10)
-    cv.px = px
-    assert cv.pixel(0, 0) == charts.OK and cv.pixel(0, 9) == charts.OK     # 100 % ok: all green
-    assert cv.pixel(3, 0) == charts.OK and cv.pixel(3, 9) == charts.FAIL   # 50 %: half red on top
-    tiles = charts.tiles(charts.line_chart([([1, 2, 3], charts.P50)], 30, 10), 30, 10)
-    assert len(tiles) == 3 and all(len(t) == 10 * 10 * 4 for t in tiles)
+def _has(a, colour, tol=0.02):
+    return (abs(a[..., :3] - colour[:3]) < tol).all(axis=-1)
+
+
+def test_response_chart_is_one_labelled_picture_with_failures_on_the_time_axis():
+    size, now = 240, 10_000.0
+    t = [now - 300 + k for k in range(300)]
+    p50 = [40.0] * 300
+    p95 = [120.0] * 300
+    ok = [0.5 if 100 <= k < 110 else 1.0 for k in range(300)]
+    a = _picture(charts.response_chart(t, p50, p95, ok, (now - 300, now), size, 1.0, limit=500.0), size)
+    assert a.shape == (size, size, 4) and a.dtype.name == "float32"
+    orange, blue, red = _has(a, charts.P95), _has(a, charts.P50), _has(a, charts.FAIL)
+    # p95 above p50, both spanning most of the width: one seamless line each, not tiles.
+    assert orange.any(axis=0).sum() > size * 0.7 and blue.any(axis=0).sum() > size * 0.7
+    assert orange.nonzero()[0].mean() < blue.nonzero()[0].mean()
+    # Failures (10 of 300 s, a third of the way in) are red on the same time axis.
+    red_cols = red.any(axis=0).nonzero()[0]
+    assert len(red_cols) and abs(red_cols.mean() / size - 0.40) < 0.12, red_cols
+    # Axis values and the time span are written on it (grey text pixels left and at the bottom).
+    text = _has(a, charts.AXIS_TEXT, tol=0.05)
+    assert text[:, :30].sum() > 30 and text[-20:, :].sum() > 30
+    # The threshold (500 ms) is far above the data: the axis is not stretched to it.
+    assert not _has(a, charts.LIMIT).any()
+
+
+def test_chart_axis_follows_the_data_and_shows_a_near_threshold():
+    top, step = charts.nice_top(430)
+    assert top >= 430 and top / step <= 5 and charts.ms_label(1500) == "1.5 s" and charts.ms_label(250) == "250 ms"
+    size, now = 200, 1000.0
+    t = [now - 60 + k for k in range(60)]
+    a = _picture(charts.response_chart(t, [300.0] * 60, [450.0] * 60, [1.0] * 60, (now - 300, now), size, limit=500.0),
+                 size)
+    assert _has(a, charts.LIMIT).any()                       # 500 ms is near 450: shown, dashed
+    assert not _has(a, charts.P95)[:, : size // 2].any()     # nothing before the data began
+
+
+def test_compare_chart_has_one_strip_per_service():
+    size, now = 300, 1000.0
+    t = [now - 300 + k for k in range(0, 300, 10)]
+    rows = [(name, t, [10.0 * (i + 1)] * len(t), [1.0] * len(t)) for i, name in enumerate(["A", "B", "C"])]
+    a = _picture(charts.compare_chart(rows, (now - 300, now), size), size)
+    ys = _has(a, charts.P95).any(axis=1).nonzero()[0]
+    bands = {int(y // ((size - 20) / 3)) for y in ys}
+    assert bands == {0, 1, 2}
+
+
+def test_state_icons_differ_in_shape_not_only_colour():
+    shapes = {k: charts.state_icon(k, charts.GREY, 32).reshape(32, 32, 4) for k in
+              ("connected", "connecting", "disconnected", "error", "unknown")}
+    ink = {k: (a[..., 0] < 0.3) & (a[..., 3] > 0.5) for k, a in shapes.items()}  # the dark symbol
+    names = list(ink)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert (ink[a] ^ ink[b]).sum() > 20, (a, b)
+
+
+def test_texts_lose_markup_and_wrap_between_words():
+    assert view.plain("Start it with `python main.py`") == "Start it with python main.py"
+    lines = view.wrap("gradio 5.29, refresh_gallery, images, workflows, queue", 16)
+    assert all(len(line) <= 16 for line in lines) and " ".join(lines).replace("  ", " ").startswith("gradio 5.29,")
+    assert not any(line.endswith("refr") for line in lines)
+    path = view.wrap("/root/.config/blender/5.0/config/movie_director_health/monitor.log", 20)
+    assert all(len(line) <= 20 for line in path) and "".join(path).endswith("monitor.log")
+    assert view.overall_short("RED", [("disconnected", True), ("connected", False)]) == "AI backends: 1 down"
+    assert view.overall_short("GREEN", [("connected", True), ("missing", False)]) == "AI backends: all up"
+    assert view.job_time_text({"job_time": {"p50_ms": 1200, "p95_ms": 3000, "count": 4}}) == \
+        "p50 1.20 s, p95 3.00 s (4 jobs)"
+
+
+def test_thresholds_are_set_in_the_config_without_touching_the_rest():
+    thresholds = _load("thresholds")
+    text = "# mine\n[services.comfyui]\nurl = \"x\"\n\n[alerts.default]\np95_ms = 900 # old\nraise_after_s = 30\n"
+    out = thresholds.set_keys(text, {"p95_ms": 500.0, "success_pct": 92.5})
+    assert "# mine\n[services.comfyui]\nurl = \"x\"" in out and "raise_after_s = 30" in out
+    assert "p95_ms = 500\n" in out and "success_pct = 92.5" in out and "900" not in out
+    fresh = thresholds.set_keys("", {"down_s": 60.0})
+    assert fresh == "[alerts.default]\ndown_s = 60\n"
+
+
+def test_local_monitor_state_machine_with_real_processes(tmp_path):
+    """stopped -> starting -> running; one child exits -> degraded; start restarts only it;
+    stop -> stopping -> stopped. Real child processes (the lifeline keeps them alive)."""
+    import time as _time
+
+    from bus import lifeline
+
+    monitor = _load("monitor")
+    waiter = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    mon = monitor.LocalMonitor()
+
+    def spawn(args, **kw):
+        return lifeline.spawn(waiter, **kw)
+
+    assert mon.update(online=False) == monitor.STOPPED
+    assert mon.start(sys.executable, {}, str(tmp_path), tmp_path / "log", spawn) == ["aggregator", "probes"]
+    assert mon.state == monitor.STARTING == mon.update(online=False)
+    assert mon.update(online=True) == monitor.RUNNING
+    agg = mon.children["aggregator"]
+    agg.kill()
+    agg.wait(20)
+    assert mon.update(online=True) == monitor.DEGRADED
+    assert "aggregator exited" in mon.note and mon.missing() == ["aggregator"]
+    assert mon.start(sys.executable, {}, str(tmp_path), tmp_path / "log", spawn) == ["aggregator"]
+    assert mon.update(online=True) == monitor.RUNNING
+    assert mon.stop(wait=False) == 2 and mon.state == monitor.STOPPING
+    deadline = _time.monotonic() + 20
+    while mon.update(online=False) != monitor.STOPPED and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+    assert mon.state == monitor.STOPPED

@@ -1,0 +1,161 @@
+"""The charts and state icons as Blender preview images, rendered from the timer.
+
+`update()` runs in the timer (after new data, and once a second for the moving time
+axis). It re-renders a picture only when its signature (data, range, size, the time
+axis moved by a few pixels) changed, and at most `PER_TICK` pictures per call, so no
+tick stalls Blender. `draw()` only looks pictures up by key: `icon()` never renders.
+
+A picture is rendered at the pixel size it is shown at (see `side()`), per region width,
+so its text is crisp in a narrow sidebar, a wide editor and at UI scale 2.
+"""
+from __future__ import annotations
+
+import time
+
+import bpy
+
+from . import charts, view
+from .state import RT
+
+PER_TICK = 2           # pictures rendered per timer call at most
+MIN_POINTS = 2         # fewer points than this: the panel says so instead of a chart
+REGIONS = {("VIEW_3D", "UI"), ("SEQUENCE_EDITOR", "UI"), ("PROPERTIES", "WINDOW")}
+SERVICE_MAX = 380      # px at UI scale 1: a per-service chart bigger than this says no more
+HISTORY_MAX = 720
+STATE_COLOURS = {"connected": charts.GREEN, "connecting": charts.YELLOW, "disconnected": charts.RED,
+                 "error": charts.ORANGE, "unknown": charts.GREY, "offline": charts.GREY, "missing": charts.GREY}
+
+_pcoll = None
+_signatures: dict[str, object] = {}
+_points: dict[str, int] = {}  # key -> points the last look found (for "not enough data")
+
+
+def open_previews() -> None:
+    global _pcoll
+    import bpy.utils.previews
+
+    close_previews()
+    _pcoll = bpy.utils.previews.new()
+    for kind, colour in STATE_COLOURS.items():
+        _put(f"state.{kind}", charts.state_icon(_icon_shape(kind), colour, 32), 32)
+
+
+def close_previews() -> None:
+    global _pcoll
+    if _pcoll is not None:
+        bpy.utils.previews.remove(_pcoll)
+        _pcoll = None
+    _signatures.clear()
+    _points.clear()
+
+
+def _icon_shape(kind: str) -> str:
+    return kind if kind in ("connected", "connecting", "disconnected", "error") else "unknown"
+
+
+def _put(key: str, pixels, size: int) -> None:
+    preview = _pcoll.get(key) or _pcoll.new(key)
+    preview.image_size = preview.icon_size = (size, size)
+    try:
+        preview.image_pixels_float.foreach_set(pixels)
+        preview.icon_pixels_float.foreach_set(pixels)
+    except (AttributeError, TypeError):  # an older bpy_prop_array without foreach_set
+        preview.image_pixels_float = pixels.tolist()
+        preview.icon_pixels_float = pixels.tolist()
+
+
+# -- what draw() reads ------------------------------------------------------------------------------
+def side(region_width: int, ui_scale: float, big: bool = False) -> int:
+    """The pixel size of a chart in a region this wide: the panel's inner width, capped,
+    rounded to 8 px so a small resize does not re-render everything."""
+    inner = region_width - int(44 * ui_scale)
+    cap = (HISTORY_MAX if big else SERVICE_MAX) * ui_scale
+    return max(96, int(min(inner, cap)) // 8 * 8)
+
+
+def icon(key: str) -> int:
+    """The icon id of a rendered picture, or 0 if there is none (yet)."""
+    preview = _pcoll.get(key) if _pcoll is not None else None
+    return preview.icon_id if preview is not None else 0
+
+
+def points(key: str) -> int:
+    return _points.get(key, 0)
+
+
+def state_icon(state: str) -> int:
+    return icon(f"state.{state if state in STATE_COLOURS else 'unknown'}")
+
+
+def chart_key(kind: str, name: str, rng: str, size: int) -> str:
+    return f"{kind}.{name}.{rng}.{size}"
+
+
+# -- rendering (the timer) ----------------------------------------------------------------------------
+def service_series(name: str, rng: str) -> dict:
+    """The aggregator's history for the range, else the add-on's own recent samples (5 m)."""
+    series = view.history_series(RT.client.history if RT.client else {}, name, rng)
+    if series or rng != "5m":
+        return series
+    samples = list(RT.samples.get(name) or ())
+    return {"t": [s[0] for s in samples], "p50_ms": [s[1] for s in samples], "p95_ms": [s[2] for s in samples],
+            "success_rate": [s[3] for s in samples]}
+
+
+def _sizes(wm) -> set[tuple[int, bool]]:
+    scale = bpy.context.preferences.system.ui_scale
+    out = set()
+    for window in wm.windows:
+        for area in window.screen.areas:
+            for region in area.regions:
+                if (area.type, region.type) in REGIONS and region.width > 1:
+                    out.add((side(region.width, scale), False))
+                    out.add((side(region.width, scale, big=True), True))
+    return out or {(side(340, scale), False), (side(340, scale, big=True), True)}
+
+
+def update(wm) -> bool:
+    """Re-render what changed (at most PER_TICK pictures). True if a picture changed."""
+    client = RT.client
+    if _pcoll is None or client is None or not client.online:
+        return False
+    state = getattr(wm, "movie_director_health", None)
+    if state is None:
+        return False
+    rng = state.metrics_range
+    seconds = view.RANGE_SECONDS[rng]
+    now = time.time()
+    span = (now - seconds, now)
+    scale = bpy.context.preferences.system.ui_scale
+    limit = RT.thresholds["p95_ms"]
+    todo = []
+    names = [item.name for item in state.services if item.name in client.services]
+    series = {name: service_series(name, rng) for name in names}
+    for size, big in sorted(_sizes(wm)):
+        # The time axis moves by one step every ~4 px of the picture.
+        moved = int(now / max(1.0, seconds / max(1, size / 4)))
+        if big:
+            rows = [(view.label_of(n), s.get("t") or [], s.get("p95_ms") or [], s.get("success_rate") or [])
+                    for n, s in series.items()]
+            rows = [r for r in rows if charts.enough(r[1], r[2], span) >= MIN_POINTS]
+            key = chart_key("history", "all", rng, size)
+            _points[key] = len(rows)
+            sig = (moved, limit, tuple((r[0], len(r[1]), r[1][-1] if r[1] else None) for r in rows))
+            if rows and _signatures.get(key) != sig:
+                todo.append((key, sig, size, lambda rows=rows, size=size: charts.compare_chart(
+                    rows, span, size, scale, limit)))
+            continue
+        for name, s in series.items():
+            t = s.get("t") or []
+            key = chart_key("trend", name, rng, size)
+            n = charts.enough(t, s.get("p95_ms") or [], span)
+            _points[key] = n
+            sig = (moved, limit, len(t), t[-1] if t else None)
+            if n >= MIN_POINTS and _signatures.get(key) != sig:
+                todo.append((key, sig, size, lambda s=s, t=t, size=size: charts.response_chart(
+                    t, s.get("p50_ms") or [], s.get("p95_ms") or [], s.get("success_rate") or [], span, size,
+                    scale, limit)))
+    for key, sig, size, render in todo[:PER_TICK]:
+        _put(key, render(), size)
+        _signatures[key] = sig
+    return bool(todo)
