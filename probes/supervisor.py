@@ -86,7 +86,7 @@ def supervise(cfg: Config, config_path: str | None, stop: threading.Event, *,
                 proc, life = procs.get(name), lives[name]
                 if proc is not None and proc.poll() is not None:
                     delay = life.exited(time.monotonic())
-                    log.warning("probe %s exited with code %s; restart %d in %.1f s",
+                    log.warning("probe %s exited with code %s; restart %d in %g s",
                                 name, proc.returncode, life.restarts, delay)
                     procs[name] = None
                 if life.start_due(time.monotonic()):
