@@ -28,6 +28,7 @@ MAX_BACKOFF = 30.0  # seconds; reconnect attempts while down slow down to at mos
 MAX_DOUBLINGS = 32  # the backoff's exponent stops here: any interval above 7 ns has reached the cap by then
 IDLE_WAKE = 1.0  # longest poll while idle: how soon the loop sees `stop` (the lifeline's grace is 5 s).
                  # Waking 5 times a second cost about a quarter of an idle probe's CPU (bench figure 9).
+RECONNECT_MAX_MS = 1000  # longest pause between libzmq's attempts to reach the aggregator
 MIN_EVENT_GAP = 0.2  # seconds; a burst of pushed events (ComfyUI queue changes) costs at most one check per gap
 
 
@@ -197,6 +198,16 @@ class StateMachine:
         self._doublings = 0
 
 
+def probe_context() -> zmq.Context:
+    """The probe's ZeroMQ context. With no aggregator listening, libzmq retries each
+    connection every 100 ms forever (0.23-0.27 % of a core per idle probe); its sockets back
+    off to one attempt a second instead, which still reconnects well within the aggregator's
+    3-heartbeat liveness window once it comes back."""
+    ctx = new_context()
+    ctx.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)  # default for every socket made from it
+    return ctx
+
+
 class ProbeRunner:
     """Runs one probe on the bus until `stop` is set.
 
@@ -214,17 +225,22 @@ class ProbeRunner:
         self.src = f"probe.{probe.service}"
         self.clock = clock
         self.last_check = -math.inf
+        self._last_status: dict[str, Any] | None = None  # the body last published, to repeat to a newcomer
 
     def run(self) -> None:
         """The loop on real sockets. A check runs on a worker thread while this thread keeps
         the heartbeat, refresh commands and pushed events going, so a hung backend (or a slow
         cloud API) never makes the probe itself look dead. Only this thread touches zmq sockets."""
-        ctx = new_context()
+        ctx = probe_context()
         pub = pub_socket(ctx, self.endpoints.events)
         control = sub_socket(ctx, self.endpoints.snapshots, prefixes=("control.",))
         self.publisher = Publisher(pub, self.src)
+        # Every subscription (also a repeated one) reaches us, so each aggregator that connects,
+        # a restarted one included, triggers a fresh copy of the current status (below).
+        pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
+        poller.register(pub, zmq.POLLIN)
         watch = self.probe.open_watch(ctx)
         if watch is not None:
             poller.register(watch, zmq.POLLIN)
@@ -232,6 +248,10 @@ class ProbeRunner:
 
         def wait(seconds: float) -> tuple[bool, bool]:
             ready = dict(poller.poll(math.ceil(seconds * 1000)))  # ceil: a float is truncated to 0 ms
+            if pub in ready and any(f[:1] == b"\x01" for f in drain(pub, 100, 0.01)):
+                # An aggregator subscribed: what was published before it connected is lost, and
+                # the next check may be 30 s away (60 s for the llm probe), so say it again now.
+                self._publish_status_again()
             refresh = control in ready and self._refresh_requested(control)
             pushed = watch is not None and watch in ready and self.probe.on_watch(watch)
             return refresh, pushed
@@ -323,8 +343,12 @@ class ProbeRunner:
         self._publish_status(result, state)
         return result
 
+    def _publish_status_again(self) -> None:
+        if self._last_status is not None:
+            self.publisher.send(f"status.{self.probe.service}", self._last_status)
+
     def _publish_status(self, result: CheckResult, state: str) -> None:
-        self.publisher.send(f"status.{self.probe.service}", {
+        self._last_status = body = {
             "service": self.probe.service,
             "kind": self.probe.kind,
             "state": state,
@@ -337,4 +361,5 @@ class ProbeRunner:
             "details": result.details,
             "interval": self.probe.interval,
             "timeout": self.probe.timeout,
-        })
+        }
+        self.publisher.send(f"status.{self.probe.service}", body)

@@ -9,9 +9,11 @@ from concurrent.futures import Future
 import pytest
 
 from bus.protocol import Publisher
-from bus.sockets import close, new_context, pub_socket
+import zmq
+
+from bus.sockets import close, endpoint_in_use, new_context, pub_socket, sub_socket
 from probes.base import (CONFIRM_DELAY, HEARTBEAT_INTERVAL, MAX_BACKOFF, CheckResult, Probe, ProbeRunner,
-                         StateMachine, Timing)
+                         StateMachine, Timing, probe_context)
 from probes.http import ProbeError
 from tests.conftest import wait_for
 from tests.fakes.comfyui import FakeComfyUI
@@ -222,3 +224,37 @@ def test_refresh_round_trip_through_the_aggregator(endpoints, procs, client, tmp
         fake.set_queue(0, 1)
         client.refresh()  # every probe
         wait_for(lambda: client.services["comfyui"]["details"].get("queue_depth") == 1, timeout=10, client=client)
+
+
+def test_an_idle_probe_backs_off_reconnecting_yet_a_late_aggregator_hears_it_at_once(endpoints, procs, client,
+                                                                                      tmp_path, monkeypatch):
+    """With no aggregator, libzmq's default retries every 100 ms forever (0.23-0.27 % of a core
+    per idle probe); the probe's sockets back off to once a second. An aggregator that starts
+    later (or restarts) gets the probe's current status as soon as it subscribes, not at the
+    next check: the interval here is 60 s, so only that repeat can explain a quick answer."""
+    ctx = probe_context()
+    try:
+        for sock in (pub_socket(ctx, endpoints.events), sub_socket(ctx, endpoints.snapshots)):
+            assert 0 < sock.getsockopt(zmq.RECONNECT_IVL_MAX) <= 1000  # 0: no backoff at all
+            close(sock)
+    finally:
+        ctx.term()
+    with FakeComfyUI() as fake:
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(f'[services.comfyui]\nurl = "{fake.url}"\ninterval = 60\nwebsocket = false\n')
+        monkeypatch.setenv("MD_HEALTH_CONFIG", str(cfg))
+        probe = procs.probe("comfyui")
+        wait_for(lambda: fake.hits.get("/system_stats", 0) >= 2, timeout=30)  # checked and confirmed: connected
+        # Three seconds without an aggregator: the retry interval reaches its cap (0.1+0.2+0.4+0.8 s).
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            client.poll(timeout_ms=100)
+        assert not client.services
+        procs.aggregator()
+        wait_for(lambda: endpoint_in_use(endpoints.events, timeout=0.05), timeout=30, every=0.01)
+        t0 = time.monotonic()
+        wait_for(lambda: client.services.get("comfyui", {}).get("state") == "connected", timeout=30, client=client)
+        elapsed = time.monotonic() - t0
+        print(f"late aggregator heard the probe after {elapsed:.2f} s")
+        assert elapsed < 6.0  # one retry (<= 1.1 s) and the repeat, with margin; the next check is 60 s away
+        assert fake.hits["/system_stats"] == 2 and probe.poll() is None
