@@ -137,7 +137,6 @@ class Engine:
         self._last_alert_eval = -math.inf
         self._now = -math.inf
         self.bad_events = 0       # events that raised inside the engine (a bug, or input we missed)
-        self.unobserved_s = 0.0   # clock steps counted as unobserved time (MAX_OBSERVED_STEP)
         self.last_bad_event = ""
 
     def _time(self) -> float:
@@ -169,7 +168,6 @@ class Engine:
                 alert.bad_since += gap
             if alert.good_since is not None:
                 alert.good_since += gap
-        self.unobserved_s += gap
 
     def history_end(self) -> float:
         """The latest time the engine's services are accounted for (restored history included)."""

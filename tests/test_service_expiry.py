@@ -54,7 +54,10 @@ def test_an_unconfigured_service_expires_everywhere_and_a_configured_one_stays(e
         assert msg, msg
         return msg.body["state"]
 
+    sent = [0.0]
+
     def report() -> bool:
+        sent[0] = time.monotonic()  # before the send: the aggregator sees these events later
         pub.send("heartbeat.probe.f", {"interval": 1.0, "services": ["adhoc", "comfyui"]})
         for name in ("adhoc", "comfyui"):
             pub.send(f"status.{name}", {"service": name, "state": "connected"})
@@ -65,7 +68,7 @@ def test_an_unconfigured_service_expires_everywhere_and_a_configured_one_stays(e
         wait_for(lambda: report() and {"adhoc", "comfyui"} <= set(client.services), timeout=30, client=client,
                  every=0.2)
         wait_for(lambda: report() and history.exists() and rows_of(history, "adhoc") > 0, timeout=30, every=0.2)
-        last = time.monotonic()  # the services go quiet
+        last = sent[0]  # the services go quiet
 
         deleted = None
         deadline = time.monotonic() + 30
