@@ -38,8 +38,8 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _synced_client(args, wait: float) -> MonitorClient:
-    client = MonitorClient(_endpoints(args), name="cli")
+def _synced_client(args, wait: float, **kw) -> MonitorClient:
+    client = MonitorClient(_endpoints(args), **{"name": "cli", **kw})
     deadline = time.monotonic() + wait
     # The snapshot carries the records; the next heartbeat (within 1 s) adds alerts and persistence.
     while time.monotonic() < deadline and not (client.has_snapshot and client.aggregator):
@@ -66,7 +66,9 @@ def cmd_watch(args, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     color = sys.stdout.isatty()
     rng = getattr(args, "range", "5m")
-    with MonitorClient(_endpoints(args), name="watch", history_range=rng) as client:
+    # The first screen waits (briefly) for the state and a heartbeat, so a running monitor is
+    # not shown as "offline" for the second before its next heartbeat.
+    with _synced_client(args, WATCH_SYNC_WAIT, name="watch", history_range=rng) as client:
         last = ""
         next_history = time.monotonic() + HISTORY_EVERY
         try:
@@ -91,6 +93,7 @@ def cmd_watch(args, stop: threading.Event | None = None) -> int:
 
 
 HISTORY_EVERY = 5.0  # seconds between history refreshes in `watch`
+WATCH_SYNC_WAIT = 2.0  # seconds `watch` waits for a snapshot and a heartbeat (1 s apart) before its first screen
 
 
 def _require(client: MonitorClient, args) -> bool:

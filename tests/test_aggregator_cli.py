@@ -107,11 +107,13 @@ def test_up_beside_a_running_monitor_shows_it_and_starts_nothing(endpoints, proc
     reader.start()
     try:
         seen_children = []
-        # The message, then the first screen of the live view of that monitor.
+        # The message, then the first screen of the live view of that monitor, shown online.
         wait_for(lambda: seen_children.extend(_children(up)) or
-                 b"Movie Director backend health" in b"".join(lines), timeout=30, every=0.05)
+                 b"Movie Director backend health" in b"".join(lines) and b"SERVICE" in b"".join(lines),
+                 timeout=30, every=0.05)
         text = b"".join(lines).decode()
         assert "A monitor is already running at" in text and endpoints.requests in text
+        assert "Monitor offline" not in text
         assert f"(instance {instance})" in text and "Started" not in text
         seen_children.extend(_children(up))
         assert seen_children == [], f"md-health up started {seen_children}"
