@@ -60,8 +60,7 @@ def test_cp1252_streams_get_plain_characters_and_no_ansi(monitor):
     assert any(ch in screen for ch in "_.:-=+*#") and not any(g in screen for g in GLYPHS)
     assert "\033" not in screen  # a pipe is not a terminal: no cursor moves, no colours
 
-
-def test_utf8_pipes_keep_the_glyphs_but_not_the_colours(monitor):
+    # A stream that can show the glyphs keeps them (still without colours on a pipe).
     code, out, err = _run("utf-8", "status")
     assert code == 0, err
     assert "● Connected" in out and "\033" not in out
