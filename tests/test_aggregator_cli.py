@@ -5,10 +5,12 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import psutil
 
 from tests.conftest import ROOT, wait_for
+from tests.reliability import measured  # noqa: F401 - fixture
 from tests.fakes.comfyui import FakeComfyUI
 
 
@@ -94,12 +96,13 @@ def _children(proc: subprocess.Popen) -> list:
         return []
 
 
-def test_up_beside_a_running_monitor_shows_it_and_starts_nothing(endpoints, procs, client):
+def test_up_beside_a_running_monitor_shows_it_and_starts_nothing(endpoints, procs, client, measured):
     """`make run` while Blender's local monitor runs: `md-health up` finds the aggregator on
     the endpoints, says so, shows it, and starts no aggregator and no second set of probes."""
     agg = procs.aggregator()
     wait_for(lambda: client.has_snapshot and client.aggregator.get("instance"), timeout=30, client=client)
     instance = client.aggregator["instance"]
+    t0 = time.monotonic()
     up = subprocess.Popen([sys.executable, "-m", "aggregator", "up", "--every", "0.2"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, cwd=ROOT)
     lines: list[str] = []
@@ -111,6 +114,7 @@ def test_up_beside_a_running_monitor_shows_it_and_starts_nothing(endpoints, proc
         wait_for(lambda: seen_children.extend(_children(up)) or
                  b"Movie Director backend health" in b"".join(lines) and b"SERVICE" in b"".join(lines),
                  timeout=30, every=0.05)
+        shown = time.monotonic() - t0
         text = b"".join(lines).decode()
         assert "A monitor is already running at" in text and endpoints.requests in text
         assert "Monitor offline" not in text
@@ -123,6 +127,13 @@ def test_up_beside_a_running_monitor_shows_it_and_starts_nothing(endpoints, proc
         up.wait(timeout=10)
     assert agg.poll() is None  # the running monitor is untouched
     wait_for(lambda: client.online and client.aggregator.get("instance") == instance, timeout=10, client=client)
+    measured.record("up_beside_monitor", section="Faults", order=19,
+                    case="`md-health up` (make run) while a monitor already holds the endpoints",
+                    required="says a monitor runs (with its instance) and shows it; starts no aggregator and no "
+                             "probes; the running monitor is untouched",
+                    measured=f"message and first screen (online) {shown:.2f} s after start; 0 child processes; "
+                             "the original aggregator still up, same instance",
+                    shown_s=round(shown, 3), children=0)
 
 
 def test_up_refuses_endpoints_held_by_another_program(endpoints):

@@ -14,6 +14,7 @@ import pytest
 from bus.config import Config
 from probes.supervisor import FIRST_BACKOFF, MAX_BACKOFF, STABLE_AFTER, Child, restart_delay, supervise
 from tests.conftest import wait_for
+from tests.reliability import measured  # noqa: F401 - fixture
 from tests.fakes.comfyui import FakeComfyUI
 from tests.fakes.gradio import FakeGradio
 
@@ -54,7 +55,7 @@ def test_restart_delay_backs_off_to_the_cap():
     assert all(restart_delay(n) == MAX_BACKOFF for n in range(7, 5001))
 
 
-def test_a_child_crashing_5000_times_on_a_fake_clock():
+def test_a_child_crashing_5000_times_on_a_fake_clock(measured):
     """The supervisor's decisions (Child) replayed: start, crash 0.3 s later, wait, start..."""
     now = 1000.0
     life = Child(now)
@@ -77,9 +78,17 @@ def test_a_child_crashing_5000_times_on_a_fake_clock():
     # A child that settled (ran STABLE_AFTER) and then crashed starts its backoff over.
     life.started(now)
     assert life.exited(now + STABLE_AFTER) == FIRST_BACKOFF
+    measured.record("supervisor_crash_loop", section="Faults", order=17,
+                    case="A probe child crashing 5,000 times (the supervisor's Child machine on a fake clock)",
+                    required="restart delay doubles from 0.5 s to the 30 s cap and stays there; never a second "
+                             "copy; backoff starts over after 60 s up (before: OverflowError at restart 1025, "
+                             "which stopped every probe)",
+                    measured=f"5000 restarts, delays {delays[:7]} then {MAX_BACKOFF:g} s; longest gap between "
+                             f"starts {max(gaps):.1f} s; after a stable run {FIRST_BACKOFF:g} s again",
+                    crashes=5000, max_delay_s=max(delays), max_start_gap_s=round(max(gaps), 3))
 
 
-def test_a_crash_looping_child_is_restarted_with_a_capped_delay(caplog):
+def test_a_crash_looping_child_is_restarted_with_a_capped_delay(caplog, measured):
     """Real processes: a child that exits at once (its config has no such service) is
     restarted again and again with the delay doubling to the cap, and the others' supervisor
     stays up. Small delays (0.05 s to 0.2 s) keep the test short; the rule is the same."""
@@ -106,6 +115,13 @@ def test_a_crash_looping_child_is_restarted_with_a_capped_delay(caplog):
             if r.getMessage().startswith("probe ghost started")]
     assert len(set(pids)) >= 8
     assert "all probes stopped" in caplog.text
+    measured.record("supervisor_crash_loop_real", section="Faults", order=18,
+                    case="A real probe child that exits at once, restarted again and again",
+                    required="each restart after the doubling delay, capped (0.05 s to 0.2 s in the test); the "
+                             "supervisor stays up and stops cleanly",
+                    measured=f"{len(delays)} restarts of {len(set(pids))} processes, delays {delays[:5]} ..., "
+                             f"max {max(delays):g} s; clean stop",
+                    restarts=len(delays), max_delay_s=max(delays))
 
 
 def test_kill_9_child_is_restarted_and_stop_leaves_no_orphans(endpoints, procs, client, two_service_config):
