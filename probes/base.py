@@ -29,7 +29,8 @@ MAX_DOUBLINGS = 32  # the backoff's exponent stops here: any interval above 7 ns
 IDLE_WAKE = 1.0  # longest poll while idle: how soon the loop sees `stop` (the lifeline's grace is 5 s).
                  # Waking 5 times a second cost about a quarter of an idle probe's CPU (bench figure 9).
 RECONNECT_MAX_MS = 1000  # longest pause between libzmq's attempts to reach the aggregator
-MIN_EVENT_GAP = 0.2  # seconds; a burst of pushed events (ComfyUI queue changes) costs at most one check per gap
+MIN_EVENT_GAP = 0.2  # seconds; a burst of pushed events (ComfyUI queue changes) costs at most one check per gap,
+                     # and a slow backend gets at least this rest between two checks
 
 
 @dataclass
@@ -285,9 +286,9 @@ class ProbeRunner:
             if pending is not None and pending.done():
                 self._finish(pending.result())
                 pending = None
-                # The pause runs from the check's start, so "at most 30 s apart" holds
-                # whatever the check took; a check longer than its pause is followed at once.
-                next_check = clock() if again else started + self.pause
+                # The pause runs from the check's start, so "at most 30 s apart" holds whatever
+                # the check took; a check that overran its pause is still followed by a short rest.
+                next_check = clock() if again else max(started + self.pause, clock() + MIN_EVENT_GAP)
                 again = False
             if pending is None and clock() >= next_check:
                 started = clock()
