@@ -62,13 +62,16 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_watch(args, stop: threading.Event | None = None) -> int:
+def _watch_client(args, wait: float) -> MonitorClient:
+    # Synced first (state and a heartbeat), so a running monitor is not drawn as "offline"
+    # for the second before its next heartbeat.
+    return _synced_client(args, wait, name="watch", history_range=getattr(args, "range", "5m"))
+
+
+def cmd_watch(args, stop: threading.Event | None = None, client: MonitorClient | None = None) -> int:
     stop = stop or threading.Event()
     color = sys.stdout.isatty()
-    rng = getattr(args, "range", "5m")
-    # The first screen waits (briefly) for the state and a heartbeat, so a running monitor is
-    # not shown as "offline" for the second before its next heartbeat.
-    with _synced_client(args, WATCH_SYNC_WAIT, name="watch", history_range=rng) as client:
+    with client or _watch_client(args, WATCH_SYNC_WAIT) as client:
         last = ""
         next_history = time.monotonic() + HISTORY_EVERY
         try:
@@ -93,7 +96,7 @@ def cmd_watch(args, stop: threading.Event | None = None) -> int:
 
 
 HISTORY_EVERY = 5.0  # seconds between history refreshes in `watch`
-WATCH_SYNC_WAIT = 2.0  # seconds `watch` waits for a snapshot and a heartbeat (1 s apart) before its first screen
+WATCH_SYNC_WAIT = 3.0  # seconds `watch` waits for a snapshot and a heartbeat (1 s apart) before its first screen
 
 
 def _require(client: MonitorClient, args) -> bool:
@@ -227,11 +230,11 @@ def cmd_up(args) -> int:
 
 def _show_running(args, endpoints: Endpoints, held: list[str]) -> int:
     """Something listens on our endpoints: watch it if it answers as an aggregator, else refuse."""
-    with _synced_client(args, UP_ASK_WAIT) as client:
-        ours = client.has_snapshot
-        instance = client.aggregator.get("instance")
+    client = _watch_client(args, UP_ASK_WAIT)
+    instance = client.aggregator.get("instance")
     where = f"{endpoints.events}, {endpoints.snapshots}, {endpoints.requests}"
-    if not ours:
+    if not client.has_snapshot:
+        client.close()
         print(f"md-health: {', '.join(held)} {'is' if len(held) == 1 else 'are'} in use, but nothing there answered "
               f"as a Movie Director monitor (no snapshot reply at {endpoints.requests} within {UP_ASK_WAIT:g} s): "
               "another program holds the port. Nothing was started. Stop that program, or choose other endpoints "
@@ -239,7 +242,7 @@ def _show_running(args, endpoints: Endpoints, held: list[str]) -> int:
         return 3
     print(f"A monitor is already running at {where}{f' (instance {instance})' if instance else ''}; "
           "showing it. Nothing new was started.", flush=True)
-    return cmd_watch(args)
+    return cmd_watch(args, client=client)
 
 
 def _endpoint_args(args) -> list[str]:
@@ -292,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"md-health: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C while waiting for the aggregator: no traceback
+        return 130
 
 
 if __name__ == "__main__":
