@@ -22,8 +22,9 @@ JOB_TIMES_KEPT = 500        # recent job processing times kept for their percent
 ALERT_EVAL_EVERY = 1.0      # seconds of clock time between alert evaluations
 # Two clock readings further apart than this mean nobody watched in between: the machine
 # slept (a monotonic clock that counts suspend, or the shell's timeline following a forward
-# wall-clock step), or the process was stopped. The shell reads the clock 4 times a second;
-# 15 s is far beyond a stall of a loaded machine and far below any sleep worth the name.
+# wall-clock step), or the process was stopped. The default suits a caller that reads the
+# clock at least every few seconds; the aggregator shell, which reads it 4 times a second,
+# passes its own, smaller bound (server.OBSERVED_STEP).
 MAX_OBSERVED_STEP = 15.0
 STATE_CLASS = {"connected": UP, "disconnected": DOWN, "error": DOWN}  # anything else: unknown
 _key = sketch.key
@@ -126,8 +127,10 @@ class ServiceState:
 
 
 class Engine:
-    def __init__(self, clock: Callable[[], float], settings: Settings | None = None) -> None:
+    def __init__(self, clock: Callable[[], float], settings: Settings | None = None,
+                 max_step: float = MAX_OBSERVED_STEP) -> None:
         self.clock = clock
+        self.max_step = max_step
         self.settings = settings or Settings()
         self.services: dict[str, ServiceState] = {}
         self.probes: dict[str, tuple[float, float, list[str]]] = {}  # src -> (last beat, interval, services)
@@ -145,12 +148,12 @@ class Engine:
         if now <= last:  # a clock that went back (the shell's timeline never does): time holds
             return last
         self._now = now
-        if now - last > MAX_OBSERVED_STEP and last > -math.inf:
+        if now - last > self.max_step and last > -math.inf:
             self._unobserved(last, now)
         return now
 
     def _unobserved(self, t0: float, t1: float) -> None:
-        """A step of the clock longer than MAX_OBSERVED_STEP: [t0, t1) is credited unknown, and
+        """A step of the clock longer than max_step: [t0, t1) is credited unknown, and
         the timers that measure silence or duration (probe heartbeats, down timers, alert
         conditions) skip it, so a sleep neither invents uptime nor kills every probe."""
         gap = t1 - t0
@@ -168,6 +171,10 @@ class Engine:
                 alert.bad_since += gap
             if alert.good_since is not None:
                 alert.good_since += gap
+
+    def now(self) -> float:
+        """The engine's time (its clock, never backwards): for callers that label output."""
+        return self._time()
 
     def history_end(self) -> float:
         """The latest time the engine's services are accounted for (restored history included)."""

@@ -40,7 +40,7 @@ def export(engine, fmt: str, tier: str, since: str | float, service: str | None 
         row["time"] = _iso(row["ts"])
     if fmt == "json":
         doc = {"format": "md-health-export", "version": 1, "tier": tier, "since_s": since_s,
-               "service": service, "generated": engine._time(), "columns": list(COLUMNS),
+               "service": service, "generated": engine.now(), "columns": list(COLUMNS),
                "rows": [{c: row[c] for c in COLUMNS} for row in rows]}
         return json.dumps(doc, indent=1, allow_nan=False), len(rows)
     out = io.StringIO()

@@ -32,6 +32,11 @@ log = logging.getLogger("aggregator")
 HEARTBEAT_INTERVAL = 1.0
 TICK = 0.25  # how often probe liveness is re-evaluated (a dead probe shows unknown within 3 beats + this);
             # 10 Hz cost about a seventh of the aggregator's always-on CPU for no visible gain (figure 9)
+# A step of the engine's clock longer than this is unobserved time (engine.MAX_OBSERVED_STEP):
+# eight ticks. Below a probe's 3-beat deadline minus a beat, so a forward wall-clock step the
+# timeline follows can never make a live probe look dead; a loop stalled longer than this on a
+# loaded machine credits the stall unknown rather than guessing.
+OBSERVED_STEP = 8 * TICK
 DRAIN_BUDGET = (5000, 0.05)  # events and seconds per loop turn, so requests are never starved
 SERVE_BUDGET = 0.02  # seconds of request handling per loop turn, so events are never starved either
 MAX_PENDING = 10_000  # requests queued beyond this are dropped (the oldest first)
@@ -64,7 +69,7 @@ class Aggregator:
         self.endpoints = endpoints
         self.settings = settings or (engine.settings if engine else Settings())
         self.timeline = Timeline(mono, wall)
-        self.engine = engine or Engine(clock=self.timeline, settings=self.settings)
+        self.engine = engine or Engine(clock=self.timeline, settings=self.settings, max_step=OBSERVED_STEP)
         self.stop = stop or threading.Event()
         self.instance = uuid.uuid4().hex[:12]
         self.rejects = RejectCounter()
