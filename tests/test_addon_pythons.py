@@ -36,6 +36,16 @@ DRIVER = textwrap.dedent(r'''
         got.update(missing=deps.MISSING, bus=deps.BUS_PACKAGE, interval=cfg.services["comfyui"]["interval"],
                    toml=sorted(m for m in ("tomllib", "tomli") if m in sys.modules),
                    modules={m: sys.modules[m].__file__ for m in ("zmq", "msgpack")})
+        # Every file the zip carries compiles on this Python (no 3.11+ syntax anywhere).
+        got["syntax_errors"] = []
+        for root, _dirs, files in os.walk(folder):
+            for f in files:
+                if f.endswith(".py"):
+                    path = os.path.join(root, f)
+                    try:
+                        compile(open(path, encoding="utf-8").read(), path, "exec")
+                    except SyntaxError as exc:
+                        got["syntax_errors"].append(f"{path}: {exc}")
         env = deps.child_environment(sys.executable)
         got["child_path"] = env["PYTHONPATH"].split(os.pathsep)
         # What the children import, resolved the way they resolve it.
@@ -93,6 +103,7 @@ def test_legacy_zip_runs_its_monitor_on_a_bare_python(version, tmp_path, endpoin
     assert "error" not in got, got["error"] + log
     assert got["python"] == [int(p) for p in version.split(".")]
     assert got["missing"] == "" and got["bus"] == "movie_director_health.bus"
+    assert got["syntax_errors"] == []
     assert got["interval"] == 0.5  # the add-on's config module parses TOML on this Python
     assert got["toml"] == (["tomli"] if version == "3.10" else ["tomllib"])  # tomli only where needed
     backend = str(addons / "movie_director_health")
