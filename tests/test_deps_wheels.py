@@ -126,3 +126,33 @@ def test_a_wheel_that_would_write_outside_its_folder_is_refused(addons, tmp_path
     ''', str(evil))
     assert "unsafe path" in got["error"]
     assert not (tmp_path / "outside.txt").exists() and not any(p.name == "outside.txt" for p in tmp_path.rglob("*"))
+
+
+SYSTEMS = {"windows_x64": ("win32", "AMD64"), "macos_arm64": ("darwin", "arm64"), "macos_x64": ("darwin", "x86_64"),
+           "linux_x64": ("linux", "x86_64")}
+
+
+def test_deps_picks_the_wheels_packaging_tags_accept_on_every_platform_and_python(addons, tmp_path):
+    """deps.wheel_fits is what runs inside Blender on Windows and macOS too, where these tests
+    cannot run a Blender: for every wheel of every zip and every Python a zip claims, it must
+    agree with packaging.tags for that platform."""
+    from tests.test_blender_build import CLAIMS, _python_tags
+    from packaging.utils import parse_wheel_filename
+
+    cases = []
+    for platform, (system, machine) in SYSTEMS.items():
+        for kind in ("extension", "legacy"):
+            with zipfile.ZipFile(zip_path(kind, platform)) as zf:
+                names = [n.rsplit("/", 1)[1] for n in zf.namelist() if n.endswith(".whl")]
+            for python in CLAIMS["extension"] + CLAIMS["legacy"]:
+                for name in names:
+                    expected = bool(parse_wheel_filename(name)[3] & _python_tags(python, platform))
+                    cases.append([name, python, system, machine, expected])
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    got = _run(addons, tmp_path / "cache", '''
+        cases = json.load(open(sys.argv[2]))
+        print(json.dumps([[c[0], c[1], c[2], deps.wheel_fits(c[0], tuple(int(p) for p in c[1].split(".")), c[2], c[3])]
+                          for c in cases]))
+    ''', str(tmp_path / "cases.json"))
+    wrong = [(c[0], c[1], c[2], c[4]) for c, g in zip(cases, got) if g[3] != c[4]]
+    assert len(got) == len(cases) > 100 and wrong == []
