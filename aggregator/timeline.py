@@ -10,8 +10,9 @@ intervals (liveness, alert timers, down timers); the readings themselves label b
   monotonic clock stops in suspend, as Linux's CLOCK_MONOTONIC does): once the wall clock is
   more than `tolerance` ahead of the timeline, the timeline jumps to it, so labels stay
   wall time. The engine sees that jump as one long step between two readings and counts
-  it as unobserved time (unknown, never up; server.OBSERVED_STEP). A monotonic clock
-  that counts suspend (Windows) gives the same long step without any re-anchoring.
+  it as unobserved time (unknown, never up) when it is longer than server.OBSERVED_STEP
+  (2 s); a shorter step is credited as ordinary time. A monotonic clock that counts
+  suspend (Windows) gives the same long step without any re-anchoring.
 - Wall clock stepped BACK: the timeline keeps running on monotonic time and its labels
   read ahead of the wall clock by the size of the step. They stay that much ahead (both
   clocks advance at the same rate) until a forward step closes the difference, or until a

@@ -203,6 +203,24 @@ def test_a_jump_of_the_engine_clock_is_unobserved_not_up():
     assert engine.record("x")["probe_alive"] is False
 
 
+def test_no_forward_step_makes_a_live_probe_look_dead():
+    """The shell's bound (server.OBSERVED_STEP): a step is either short enough for the 3-beat
+    deadline or unobserved, so the probe's last beat is as fresh after it as before."""
+    from aggregator.server import OBSERVED_STEP
+
+    for step in (0.5, 1.0, 1.5, OBSERVED_STEP, OBSERVED_STEP + 0.5, 10.0, 3600.0):
+        clock = Clock()
+        engine = Engine(clock, max_step=OBSERVED_STEP)
+        for _ in range(5):
+            beat(engine)
+            status(engine, "x", "connected")
+            clock.t += 1  # the probe's next beat is due: the step comes just before it
+            engine.tick()
+        clock.t += step
+        engine.tick()
+        assert engine.record("x")["probe_alive"] is True, step
+
+
 def test_a_backend_down_for_seven_days_with_its_probe_alive():
     """Fake clock: checks 30 s apart (a probe's capped backoff), heartbeats every 10 s."""
     clock = Clock()
