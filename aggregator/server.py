@@ -201,9 +201,12 @@ class Aggregator:
                     changed = set(self.engine.services)  # everything, at least once a second
                     self._guard(self._heartbeat, None)
                 for topic, body in self._guard(self.engine.pop_events, []):
-                    self.publisher.send(topic, body)
-                    if body.get("deleted") is True:  # an expired service (contract 1)
+                    if body.get("deleted") is True:  # an expired service: the Clone server's TTL delete
+                        body["instance"] = self.instance
+                        self.publisher.send(topic, body)
                         self._guard(lambda: self._forget(body["service"]), None)
+                    else:
+                        self.publisher.send(topic, body)
                 records = {}
                 for name in changed:
                     if name not in self.engine.services:  # forgotten in this turn
@@ -211,6 +214,9 @@ class Aggregator:
                     record = self._guard(lambda: self.engine.record(name), None)
                     if record is not None:
                         records[name] = record
+                        # Every update names its instance, so a client can never apply it to
+                        # a state synced from another (a restarted aggregator's seq starts at 1).
+                        record["instance"] = self.instance
                         self.publisher.send(f"snapshot.{name}", record)
                 if beat and self.collector is not None:
                     self.collector.publish({"services": records, "alerts": self.engine.active_alerts(),
@@ -283,12 +289,13 @@ class Aggregator:
                 else:
                     body = self.handle(op, msg.body)
                     body.setdefault("id", msg.body.get("id"))
+                    body["instance"] = self.instance
                     reply = encode(f"reply.{op or 'error'}", "aggregator", self.publisher.seq, body)
             except Exception as exc:  # a bad request must never take the aggregator down
                 log.exception("request %s failed", op)
                 reply = encode(f"reply.{op or 'error'}", "aggregator", self.publisher.seq,
                                {"ok": False, "error": f"{op} failed: {exc.__class__.__name__}",
-                                "id": msg.body.get("id")})
+                                "id": msg.body.get("id"), "instance": self.instance})
             try:
                 router.send_multipart([identity, reply], zmq.NOBLOCK)
             except zmq.ZMQError:
