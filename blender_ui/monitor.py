@@ -144,7 +144,7 @@ def start_local() -> tuple[bool, str]:
             return False, f"Cannot start {python}: {exc}"
         rt.next_history = 0.0
         what = "the local monitor" if len(roles) == len(ROLES) else f"the local {' and '.join(roles)}"
-        return True, f"Started {what} (log: {mon.log_path})"
+        return True, f"Started {what}"
     finally:
         runtime.monitor_state(bpy.context.window_manager)
 

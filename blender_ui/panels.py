@@ -56,6 +56,11 @@ def _wide(context) -> bool:
     return context.region.width >= 420 * _scale(context)
 
 
+def _narrow(context) -> bool:
+    """A sidebar at its default width: names and states each get their own line."""
+    return context.region.width < 330 * _scale(context)
+
+
 def _wrapped(layout, text, chars, icon="NONE"):
     """Blender labels do not wrap: split long texts (errors, lists, paths) between words."""
     col = layout.column(align=True)
@@ -72,6 +77,8 @@ def _status(layout, kind, text, state, service="", tip=""):
 
 
 def _note(layout, kind, text, icon="NONE", service="", tip=""):
+    layout = layout.row(align=True)
+    layout.alignment = "LEFT"  # a text, not a button: it starts where labels start
     op = layout.operator("movie_director.indicator", text=text, icon=_i(icon), emboss=False)
     op.kind, op.service, op.text = kind, service, tip
 
@@ -115,8 +122,11 @@ class ConnectionStatus:
         row = layout.row(align=True)
         row.scale_y = 1.3
         words = view.OVERALL.get(state.overall, view.OVERALL["OFFLINE"])[1]
-        _status(row, "overall", words, view.OVERALL_STATE.get(state.overall, "offline"))
+        light = row.row()
+        light.alignment = "LEFT"
+        _status(light, "overall", words, view.OVERALL_STATE.get(state.overall, "offline"))
         sub = row.row(align=True)
+        sub.alignment = "RIGHT"
         sub.enabled = state.online
         sub.operator("movie_director.refresh", text="", icon=_i("FILE_REFRESH")).service = ""
         if state.online and state.overall != "GREEN":
@@ -162,13 +172,13 @@ class ConnectionStatus:
                 _wrapped(box, view.plain(state.monitor_note), chars, "ERROR")
             box.operator("movie_director.start_monitor", icon=_i("PLAY"))
         col = layout.column(align=True)
-        for item in state.services:
-            split = col.split(factor=0.5)
-            split.label(text=item.label)
-            _status(split, "state", "Unknown", "unknown", item.name)
-        split = col.split(factor=0.5)
-        split.label(text="Language Models")
-        _status(split, "llm", "Unknown", "unknown", tip="No heartbeat from the monitor: state unknown")
+        for label, service in [(item.label, item.name) for item in state.services] + [("Language Models", "")]:
+            split = col.split(factor=0.45)
+            split.label(text=label)
+            sub = split.row()
+            sub.alignment = "LEFT"
+            _status(sub, "state" if service else "llm", "Unknown", "unknown", service,
+                    tip="No heartbeat from the monitor: state unknown")
 
     def draw_degraded(self, context, layout, state):
         col = layout.column()
@@ -180,20 +190,34 @@ class ConnectionStatus:
     def draw_service(self, context, layout, item, record, chars):
         box = layout.box()
         _, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
-        split = box.split(factor=0.45)
-        op = split.operator("movie_director.toggle_details", text=item.label, emboss=False,
-                            icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
-        op.service = item.name
-        row = split.row(align=True)
-        sub = row.row(align=True)
-        sub.alert = item.state in ("disconnected", "error")
-        _status(sub, "state", words, item.state, item.name)
         badge = ("Required", "LOCKED") if item.required else ("Optional", "UNLOCKED")
-        _note(row, "badge", badge[0] if _wide(context) else "", badge[1], item.name)
+        narrow = _narrow(context)
+        top = box.row(align=True)
+        if narrow:  # name and badge on one line, the state under them
+            name, end = top.row(align=True), top.row(align=True)
+            state_row = box.row(align=True)
+        else:
+            split = top.split(factor=0.45)
+            name = split.row(align=True)
+            state_row = split.row(align=True)
+            end = state_row.row(align=True)
+        name.alignment = "LEFT"
+        op = name.operator("movie_director.toggle_details", text=item.label, emboss=False,
+                           icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
+        op.service = item.name
+        sub = state_row.row(align=True)
+        sub.alignment = "LEFT"
+        _status(sub, "state", words, item.state, item.name)
+        end.alignment = "RIGHT"
+        _note(end, "badge", badge[0] if _wide(context) else "", badge[1], item.name)
         col = box.column(align=True)
         when = view.ago((record or {}).get("last_check"), time.time())
         if item.state == "connected":
-            _note(col, "last_check", f"{item.version or view.DASH}, checked {when}", "TIME", item.name)
+            if narrow:
+                col.label(text=item.version or view.DASH)
+                _note(col, "last_check", f"Checked {when}", "TIME", item.name)
+            else:
+                _note(col, "last_check", f"{item.version or view.DASH}, checked {when}", "TIME", item.name)
             caps = view.capabilities_text(record)
             if caps != view.DASH:
                 _wrapped(col, caps, chars)
@@ -203,9 +227,9 @@ class ConnectionStatus:
                 err = col.column(align=True)
                 err.alert = True
                 lines = view.wrap(view.plain(item.error), chars)
-                for line in lines[:2]:
+                for line in lines[:3]:
                     err.label(text=line)
-                if len(lines) > 2:
+                if len(lines) > 3:
                     err.label(text="(more in the details)")
         if item.show_details:
             self.draw_details(box, item, record, chars)
@@ -232,22 +256,29 @@ class ConnectionStatus:
         p = prefs()
         llm = view.llm_view(record, p.active_model if p else "")
         box = layout.box()
-        split = box.split(factor=0.45)
-        split.prop(state, "show_llm_details", text="Language Models", emboss=False,
-                   icon=_i("TRIA_DOWN" if state.show_llm_details else "TRIA_RIGHT"))
-        if record is None:
-            _status(split, "llm", "Not monitored", "missing", tip="No language-model probe reports to the monitor")
-        elif llm["configured"]:
-            _status(split, "llm", "Configured", "connected", tip="At least one provider has a valid key")
+        if _narrow(context):
+            name, sub = box.row(), box.row()
         else:
-            sub = split.row()
-            sub.alert = True
+            split = box.split(factor=0.45)
+            name, sub = split.row(), split.row()
+        name.alignment = "LEFT"
+        name.prop(state, "show_llm_details", text="Language Models", emboss=False,
+                  icon=_i("TRIA_DOWN" if state.show_llm_details else "TRIA_RIGHT"))
+        sub.alignment = "LEFT"
+        if record is None:
+            _status(sub, "llm", "Not monitored", "missing", tip="No language-model probe reports to the monitor")
+        elif llm["configured"]:
+            _status(sub, "llm", "Configured", "connected", tip="At least one provider has a valid key")
+        else:
             _status(sub, "llm", "Not Configured", "disconnected", tip="No provider has an API key")
         col = box.column(align=True)
         if record is not None and not llm["configured"]:
-            col.label(text="Set one of these where the monitor runs:", icon=_i("INFO"))
-            for name in view.LLM_ENV_HINT:
-                col.label(text=f"    {name}")
+            if state.show_llm_details:
+                _wrapped(col, "Set one of these where the monitor runs:", _chars(context), "INFO")
+                for name in view.LLM_ENV_HINT:
+                    _wrapped(col, name, _chars(context))
+            else:
+                _wrapped(col, "No API key set: open for how to set one", _chars(context), "INFO")
         if llm["configured"]:
             col.label(text=f"Active model: {llm['active_model']}")
             col.label(text=f"Models available: {view.count(llm['model_count'])}")
@@ -282,10 +313,7 @@ class HealthDashboard:
             return
         chars = _chars(context)
         th = RT.thresholds
-        for alert in client.alerts:
-            col = layout.column()
-            col.alert = True
-            _wrapped(col, view.plain(str(alert.get("message") or alert.get("name"))), _chars(context, 1), "ERROR")
+        self.draw_alerts(context, layout, state, client.alerts)
         idle = [item.label for item in state.services if item.state != "connected"]
         if idle:
             _wrapped(layout, f"No live figures (not connected): {', '.join(idle)}", _chars(context, 1), "INFO")
@@ -300,10 +328,11 @@ class HealthDashboard:
             box.label(text=item.label, icon_value=pictures.state_icon(item.state))
             p95, rate = stats.get("p95_ms"), stats.get("success_rate")
             col = box.column(align=True)
-            self.figure(col, "Response", f"avg {view.ms(stats.get('avg_ms'))}, p95 {view.ms(p95)}",
-                        isinstance(p95, (int, float)) and p95 > th["p95_ms"],
-                        f"Response time over {rng}: average and 95th percentile of "
-                        f"{view.count(stats.get('count'))} checks")
+            self.figure(col, "p95", view.ms(p95), isinstance(p95, (int, float)) and p95 > th["p95_ms"],
+                        f"95th percentile of the response times of {view.count(stats.get('count'))} checks over "
+                        f"{rng}; slow above {view.ms(th['p95_ms'])}")
+            self.figure(col, "Average", view.ms(stats.get("avg_ms")), False,
+                        f"Mean response time over {rng}")
             self.figure(col, "Success", view.pct(rate),
                         isinstance(rate, (int, float)) and rate < th["success"], f"Share of checks that succeeded over {rng}")
             self.figure(col, "Uptime", view.pct(view.uptime_for(record, rng), 2), False,
@@ -319,18 +348,34 @@ class HealthDashboard:
 
         self.draw_llm_usage(layout, client.services.get(view.LLM))
         self.draw_thresholds(layout, state)
-        self.draw_compare(layout, state, client, rng)
+        self.draw_compare(context, layout, state, client, rng)
         row = layout.row()
         op = row.operator("movie_director.export_metrics", icon=_i("EXPORT"))
         op.range = rng if rng != "5m" else "1h"
-        instrument.trace("health_dashboard", {"range": rng, "services": shown, "alerts": len(client.alerts)})
+        instrument.trace("health_dashboard", {"range": rng, "services": shown, "alerts": len(client.alerts),
+                                             "space": self.bl_space_type})
+
+    @staticmethod
+    def draw_alerts(context, layout, state, alerts):
+        """Active alerts: the first one in words, the rest behind a disclosure."""
+        if not alerts:
+            return
+        col = layout.column(align=True)
+        if len(alerts) > 1:
+            col.prop(state, "show_alerts", emboss=False, text=f"{len(alerts)} active alerts",
+                     icon=_i("TRIA_DOWN" if state.show_alerts else "TRIA_RIGHT"))
+        shown = alerts if state.show_alerts or len(alerts) == 1 else alerts[:1]
+        for alert in shown:
+            sub = col.column(align=True)
+            sub.alert = True
+            _wrapped(sub, view.plain(str(alert.get("message") or alert.get("name"))), _chars(context, 2), "ERROR")
 
     @staticmethod
     def figure(layout, name, value, bad, tip):
         split = layout.split(factor=0.35)
         split.label(text=name)
         sub = split.row()
-        sub.alert = bad
+        sub.alignment = "LEFT"
         _note(sub, "metric", value, "ERROR" if bad else "NONE", tip=tip)
 
     def draw_llm_usage(self, layout, record):
@@ -360,11 +405,13 @@ class HealthDashboard:
             op = box.operator("preferences.addon_show", text="Edit in Preferences", icon=_i("PREFERENCES"))
             op.module = __package__
 
-    def draw_compare(self, layout, state, client, rng):
+    def draw_compare(self, context, layout, state, client, rng):
         box = layout.box()
         box.label(text=f"Compare ({rng})", icon=_i("SORTSIZE"))
-        grid = box.grid_flow(row_major=True, columns=4, even_columns=True, align=True)
-        for head in ("Service", "p95", "Success", "Uptime"):
+        narrow = _narrow(context)  # a sidebar has room for three columns, whole numbers
+        heads = ("Service", "p95", "Uptime") if narrow else ("Service", "p95", "Success", "Uptime")
+        grid = box.grid_flow(row_major=True, columns=len(heads), even_columns=False, align=True)
+        for head in heads:
             grid.label(text=head)
         for item in state.services:
             record = client.services.get(item.name)
@@ -373,8 +420,9 @@ class HealthDashboard:
             stats = view.stats_for(record, rng)
             grid.label(text=item.label)
             grid.label(text=view.ms(stats.get("p95_ms")))
-            grid.label(text=view.pct(stats.get("success_rate")))
-            grid.label(text=view.pct(view.uptime_for(record, rng)))
+            if not narrow:
+                grid.label(text=view.pct(stats.get("success_rate")))
+            grid.label(text=view.pct(view.uptime_for(record, rng), 0 if narrow else 1))
 
 
 class MetricsHistory:

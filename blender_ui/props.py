@@ -57,6 +57,7 @@ class MOVIE_DIRECTOR_PG_health(PropertyGroup):
     compare_metric: EnumProperty(name="Compare", items=COMPARE_ITEMS, default="p95")
     show_models: BoolProperty(name="Models", description="Show the list of available models")
     show_llm_details: BoolProperty(name="Details", description="Show providers and their states")
+    show_alerts: BoolProperty(name="Alerts", description="Show every active alert")
     show_thresholds: BoolProperty(name="Alert Thresholds", description="Show the thresholds that raise alerts")
 
 

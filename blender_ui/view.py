@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 DASH = "—"
+NB = "\u00a0"  # between a number and its unit, so a wrapped line never splits "1.3 GB"
 
 # The four backends of the story, in display order; any other service the monitor reports
 # is shown after them under its own name.
@@ -137,20 +138,20 @@ def ago(ts: float | None, now: float) -> str:
         return "never"
     s = max(0, int(now - ts))
     if s < 90:
-        return f"{s} s ago"
+        return f"{s}{NB}s ago"
     if s < 90 * 60:
-        return f"{s // 60} min ago"
-    return f"{s // 3600} h ago"
+        return f"{s // 60}{NB}min ago"
+    return f"{s // 3600}{NB}h ago"
 
 
 def ms(v: Any) -> str:
     if not _num(v):
         return DASH
-    return f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.0f} ms"
+    return f"{v / 1000:.2f}{NB}s" if v >= 1000 else f"{v:.0f}{NB}ms"
 
 
 def pct(v: Any, digits: int = 1) -> str:
-    return f"{v * 100:.{digits}f} %" if _num(v) else DASH
+    return f"{v * 100:.{digits}f}{NB}%" if _num(v) else DASH
 
 
 def count(v: Any) -> str:
@@ -162,7 +163,7 @@ def size(v: Any) -> str:
         return DASH
     for unit in ("B", "KB", "MB", "GB"):
         if abs(v) < 1024 or unit == "GB":
-            return f"{v:.1f} {unit}" if unit != "B" else f"{int(v)} B"
+            return f"{v:.1f}{NB}{unit}" if unit != "B" else f"{int(v)}{NB}B"
         v /= 1024
     return DASH
 
@@ -242,7 +243,7 @@ def resources_text(record: dict[str, Any] | None) -> str:
 
 
 def _fmt_cpu(v: Any) -> str:
-    return f"{v:.0f} %" if _num(v) else DASH
+    return f"{v:.0f}{NB}%" if _num(v) else DASH
 
 
 def devices_lines(record: dict[str, Any] | None) -> list[str]:

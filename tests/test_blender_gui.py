@@ -1,13 +1,17 @@
-"""The add-on in a real Blender window: Debian's `blender` (3.4) under Xvfb.
+"""The add-on in a real Blender window: Debian's `blender` (3.4) under Xvfb at 1920x1080.
 
 The test writes a driver script that Blender runs at start-up. The driver enables the
 add-on, starts the local monitor with the add-on's own Start operator against fake
-backends, and waits for the states the test controls, each seen through the add-on's
-draw-time trace (what the panels really drew): ComfyUI up and Wan2GP down (yellow), then
+backends whose response times wander (and RVC drops out once, so failures show), opens
+the 3D Viewport's sidebar on the Movie Director tab and its Health Monitoring panel by
+clicking them (xdotool, as an artist would), and waits for the states the test controls,
+each seen through the add-on's draw-time trace (what the panels really drew): ComfyUI up
+and Wan2GP down (yellow), the same wide (a Properties editor) and at UI scale 2, then
 ComfyUI killed (red), then the monitor stopped ("Monitor offline"); finally it starts the
-monitor again and quits Blender, which must stop it. It screenshots each
-state (MD_HEALTH_SCREENSHOTS=1 copies them into docs/screenshots/). Here the timer really
-fires, as it does for the artist.
+monitor again and quits Blender, which must stop it. The test then looks at the pixels:
+the green of Connected and the red of Disconnected are on screen, and so is a chart.
+MD_HEALTH_SCREENSHOTS=1 runs the traffic for longer (MD_TEST_TRAFFIC_S, default 150 s)
+and copies the pictures into docs/screenshots/.
 """
 from __future__ import annotations
 
@@ -31,13 +35,17 @@ SHOTS = ROOT / "docs" / "screenshots"
 
 BLENDER = shutil.which("blender")
 XVFB_RUN = shutil.which("xvfb-run")
+XDOTOOL = shutil.which("xdotool")
+WRITE_DOCS = os.environ.get("MD_HEALTH_SCREENSHOTS") == "1"
 
 DRIVER = textwrap.dedent(r'''
-    import json, os, sys, time
+    import json, math, os, subprocess, sys, time
     sys.path.insert(0, os.environ["MD_TEST_ROOT"])
     import bpy, addon_utils
 
     OUT = os.environ["MD_TEST_OUT"]
+    TRACE = os.environ["MD_HEALTH_UI_TRACE"]
+    TRAFFIC = float(os.environ["MD_TEST_TRAFFIC_S"])
     results = {"steps": [], "errors": []}
 
     def note(**kw):
@@ -51,14 +59,15 @@ DRIVER = textwrap.dedent(r'''
 
     try:
         from tests.fakes.comfyui import FakeComfyUI
+        from tests.fakes.gradio import FakeGradio
         fake = FakeComfyUI(int(os.environ["MD_TEST_COMFY_PORT"])).start()
-
+        rvc = FakeGradio("rvc", int(os.environ["MD_TEST_RVC_PORT"])).start()
         addon_utils.enable("blender_ui", default_set=True, handle_error=None)
         prefs = bpy.context.preferences.addons["blender_ui"].preferences
         prefs.events, prefs.snapshots, prefs.requests = (os.environ["MD_HEALTH_EVENTS"],
             os.environ["MD_HEALTH_SNAPSHOTS"], os.environ["MD_HEALTH_REQUESTS"])
         prefs.monitor_python = os.environ["MD_TEST_PYTHON"]
-        from blender_ui import runtime
+        from blender_ui import pictures, runtime
         state = bpy.context.window_manager.movie_director_health
     except Exception:
         import traceback
@@ -67,41 +76,138 @@ DRIVER = textwrap.dedent(r'''
         bpy.app.timers.register(quit_now, first_interval=0.1)
         raise
 
+    T0 = time.time()
+
+    def traffic():
+        """Response times that wander (a slow wave plus a spike now and then); RVC drops
+        out for a few seconds once, so the charts have failures to show."""
+        k = time.time() - T0
+        fake.delay = 0.02 + 0.015 * math.sin(k / 9.0) + (0.06 if int(k) % 23 == 0 else 0.0)
+        rvc.delay = 0.05 + 0.03 * math.sin(k / 14.0 + 1.0)
+        if 0.45 * TRAFFIC < k < 0.45 * TRAFFIC + 4 and not T.get("rvc_down"):
+            rvc.go_down()
+            T["rvc_down"] = True
+        elif k >= 0.45 * TRAFFIC + 4 and T.get("rvc_down") is True:
+            rvc.come_up()
+            T["rvc_down"] = "done"
+        return 0.25
+
+    S = {}
+
+    def area(kind):
+        for a in bpy.context.window_manager.windows[0].screen.areas:
+            if a.type == kind:
+                return a
+
+    def sidebar():
+        a = S["big"]
+        return [r for r in a.regions if r.type == "UI"][0] if a.type == "VIEW_3D" else None
+
+    def rect(region):
+        """The region on screen: left, top, right, bottom (pixels from the top-left)."""
+        h = bpy.context.window_manager.windows[0].height
+        return [region.x, h - region.y - region.height, region.x + region.width, h - region.y]
+
+    def drawn(panel, space):
+        try:
+            with open(TRACE) as f:
+                return any(json.loads(l)["panel"] == panel and json.loads(l).get("space") == space for l in f)
+        except OSError:
+            return False
+
+    def scroll(clicks):
+        l, t, r, b = rect(sidebar())
+        subprocess.run(["xdotool", "mousemove", str(l + 60), str((t + b) // 2), "click", "--repeat", str(abs(clicks)),
+                        "5" if clicks > 0 else "4"], timeout=20)
+
+    def click(x, y):
+        subprocess.run(["xdotool", "mousemove", str(int(x)), str(int(y)), "click", "1"], timeout=10)
+
+    def scan(panel, x_of, step, upward=False):
+        """Click along a column of the sidebar until `panel` is drawn there: down the tab
+        strip for the Movie Director tab; up the panels' left margin, from the bottom of
+        the scrolled-down sidebar, for the closed Health Monitoring header (the last thing
+        in the tab; a click on a margin does nothing, on a header it opens the panel)."""
+        def run():
+            if drawn(panel, "VIEW_3D"):
+                return True
+            if time.time() < S.get("wait", 0):  # let Blender redraw after the last action
+                return False
+            S["wait"] = time.time() + 0.6
+            l, t, r, b = rect(sidebar())
+            if upward and not S.get(panel + ".scrolled"):
+                S[panel + ".scrolled"] = True
+                scroll(60)
+                return False
+            k = S.setdefault(panel, 0)
+            S[panel] = k + 1
+            y = b - 12 - k * step if upward else t + 12 + k * step
+            if not t < y < b:
+                raise RuntimeError(f"never found the place to click for {panel}")
+            click(x_of(l, r), y)
+            return False
+        return run
+
     def layout():
-        # The big 3D Viewport becomes a Properties editor, then (once it exists) its Scene tab
-        # is chosen: the panels are at full height there, with the dashboard open.
-        for area in bpy.context.window_manager.windows[0].screen.areas:
-            if area.type == "VIEW_3D":
-                area.type = "PROPERTIES"
-                return 0.3
-            if area.type == "PROPERTIES":  # the wide one, and Blender's narrow one at the right
-                area.spaces.active.context = "SCENE"
+        a = S["big"] = area("VIEW_3D")  # the big one; it becomes a Properties editor for the wide shot
+        a.spaces.active.show_region_ui = True
         note(step="layout", dirty=bpy.data.is_dirty)
         return None
 
     def shot(name):
         path = os.path.join(OUT, name)
         bpy.ops.screen.screenshot(filepath=path)
+        r = sidebar()
         note(step="screenshot", file=name, overall=state.overall, online=state.online,
-             services={s.name: s.state for s in state.services}, dirty=bpy.data.is_dirty)
+             services={s.name: s.state for s in state.services}, dirty=bpy.data.is_dirty,
+             sidebar=rect(r) if r else None, scale=bpy.context.preferences.system.ui_scale)
 
     def svc(name):
         item = state.services.get(name)
         return item.state if item else None
 
+    def charted(name):
+        return any(k.startswith(f"trend.{name}.") for k in pictures._signatures)
+
+    def wide(on):
+        """The big 3D Viewport becomes a Properties editor (its Scene tab is chosen on the
+        next step, once the editor exists), and back."""
+        S["big"].type = "PROPERTIES" if on else "VIEW_3D"
+
+    def scene_tab():
+        S["big"].spaces.active.context = "SCENE"
+        state.services["wan2gp"].show_details = True
+
+
+    tab = scan("connection_status", lambda l, r: r - 10, 14)
+    # The sidebar overlaps the viewport: its panels start about 11 px in from the region's edge.
+    header = scan("health_dashboard", lambda l, r: l + 15, 8, upward=True)
     plan = [
-        ("start", lambda: True, lambda: note(step="start-op", ops=list(bpy.ops.movie_director.start_monitor()))),
+        ("start", lambda: True, lambda: note(step="start-op", ops=list(bpy.ops.movie_director.start_monitor()),
+                                            monitor=state.monitor_state)),
+        ("tab", tab, lambda: None),
+        ("connected", lambda: svc("comfyui") == "connected", lambda: None),
+        ("header", header, lambda: None),
         ("up", lambda: svc("comfyui") == "connected" and svc("wan2gp") in ("disconnected", "error")
-                       and runtime.RT.client.services.get("comfyui", {}).get("stats", {}).get("count", 0) >= 4,
-         lambda: [setattr(state.services["comfyui"], "show_details", True),
-                  setattr(state.services["wan2gp"], "show_details", True)]),
-        ("drawn-up", lambda: time.time() > T["since"] + 2.0, lambda: shot("blender-panels.png")),
-        ("kill", lambda: True, lambda: fake.stop()),
+                       and svc("rvc") == "connected" and charted("comfyui") and time.time() > T0 + TRAFFIC,
+         lambda: None),
+        ("drawn-up", lambda: time.time() > T["since"] + 2.5, lambda: shot("blender-panels.png")),
+        ("scroll", lambda: True, lambda: scroll(40)),
+        ("drawn-dashboard", lambda: time.time() > T["since"] + 2.0, lambda: shot("blender-dashboard.png")),
+        ("wide", lambda: True, lambda: (scroll(-40), wide(True))),
+        ("scene-tab", lambda: time.time() > T["since"] + 0.5, scene_tab),
+        ("drawn-wide", lambda: time.time() > T["since"] + 3.0, lambda: shot("blender-panels-wide.png")),
+        ("scale2", lambda: True, lambda: (wide(False), setattr(bpy.context.preferences.view, "ui_scale", 2.0))),
+        ("top", lambda: time.time() > T["since"] + 0.5, lambda: scroll(-60)),
+        ("drawn-scale2", lambda: time.time() > T["since"] + 3.0, lambda: shot("blender-panels-scale2.png")),
+        ("scale1", lambda: True, lambda: (setattr(bpy.context.preferences.view, "ui_scale", 1.0),
+                                          setattr(state.services["wan2gp"], "show_details", False))),
+        ("kill", lambda: time.time() > T["since"] + 1.0, lambda: (scroll(-60), fake.stop())),
         ("down", lambda: svc("comfyui") in ("disconnected", "error"), lambda: None),
-        ("drawn-down", lambda: time.time() > T["since"] + 1.5, lambda: shot("blender-comfyui-down.png")),
+        ("drawn-down", lambda: time.time() > T["since"] + 2.0, lambda: shot("blender-comfyui-down.png")),
         ("stop", lambda: True, lambda: note(step="stop-op", ops=list(bpy.ops.movie_director.stop_monitor()))),
-        ("offline", lambda: state.overall == "OFFLINE", lambda: None),
-        ("drawn-offline", lambda: time.time() > T["since"] + 1.5, lambda: shot("blender-monitor-offline.png")),
+        ("offline", lambda: state.overall == "OFFLINE" and state.monitor_state == "stopped", lambda: None),
+        ("drawn-offline", lambda: time.time() > T["since"] + 2.0, lambda: shot("blender-monitor-offline.png")),
         # Start it again and quit Blender without disabling anything: the children must stop.
         ("restart", lambda: True, lambda: note(step="restart-op", ops=list(bpy.ops.movie_director.start_monitor()))),
         ("online-again", lambda: state.online and svc("wan2gp") is not None, lambda: None),
@@ -125,8 +231,9 @@ DRIVER = textwrap.dedent(r'''
         except Exception as exc:
             import traceback
             results["errors"].append(traceback.format_exc())
+            bpy.ops.screen.screenshot(filepath=os.path.join(OUT, "failure.png"))
             return finish()
-        return 0.1
+        return 0.2
 
     def finish():
         try:
@@ -137,21 +244,52 @@ DRIVER = textwrap.dedent(r'''
         return None
 
     bpy.app.timers.register(layout, first_interval=0.2)
-    bpy.app.timers.register(step, first_interval=0.5)
+    bpy.app.timers.register(traffic, first_interval=0.3)
+    bpy.app.timers.register(step, first_interval=0.6)
 ''')
 
+# The state colours of blender_ui/charts.py (as displayed, 8-bit) and the p95 line's.
+GREEN, RED, ORANGE_LINE = (51, 217, 77), (255, 38, 38), (255, 153, 51)
 
-@pytest.mark.skipif(not (BLENDER and XVFB_RUN), reason="needs Debian's blender and xvfb (.ci/run installs them)")
-def test_panels_in_a_real_blender_window(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
+
+def _count(png: Path, box, colour, tol=40) -> int:
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    left, top, right, bottom = box
+    a = a[max(0, top):bottom, max(0, left):right]
+    return int((np.abs(a - np.array(colour)).max(axis=-1) < tol).sum())
+
+
+def _run_blender(tmp_path, out, env, timeout):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     start_blend = tmp_path / "start.blend"  # a file on the command line: no splash screen
     subprocess.run([BLENDER, "-b", "--factory-startup", "--python-expr",
                     f"import bpy; bpy.ops.wm.save_as_mainfile(filepath={str(start_blend)!r})"],
                    check=True, capture_output=True, timeout=120)
-    comfy_port = free_port()
+    log = tmp_path / "blender.log"
+    with open(log, "w") as f:
+        # Its own process group, so a hung Blender is killed with xvfb-run, never left behind.
+        proc = subprocess.Popen([XVFB_RUN, "-a", "-s", "-screen 0 1920x1080x24", BLENDER, "--factory-startup",
+                                 str(start_blend), "--python", str(driver)],
+                                env=env, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"Blender did not finish within {timeout} s:\n" + log.read_text()[-3000:])
+    return log
+
+
+@pytest.mark.skipif(not (BLENDER and XVFB_RUN and XDOTOOL),
+                    reason="needs Debian's blender, xvfb and xdotool (.ci/run installs them)")
+def test_panels_in_a_real_blender_window(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    comfy_port, rvc_port = free_port(), free_port()
     config = tmp_path / "config.toml"
     config.write_text(textwrap.dedent(f"""
         [services.comfyui]
@@ -162,29 +300,25 @@ def test_panels_in_a_real_blender_window(tmp_path):
         url = "http://127.0.0.1:{free_port()}"
         required = false
         interval = 0.5
+        [services.rvc]
+        url = "http://127.0.0.1:{rvc_port}"
+        required = false
+        interval = 0.5
     """))
     trace = out / "trace.jsonl"
+    traffic = float(os.environ.get("MD_TEST_TRAFFIC_S", "150")) if WRITE_DOCS else 25.0
     env = {**os.environ, "MD_TEST_ROOT": str(ROOT), "MD_TEST_OUT": str(out), "MD_TEST_PYTHON": sys.executable,
-           "MD_TEST_COMFY_PORT": str(comfy_port), "MD_TEST_TIMEOUT": "90", "MD_HEALTH_CONFIG": str(config),
+           "MD_TEST_COMFY_PORT": str(comfy_port), "MD_TEST_RVC_PORT": str(rvc_port),
+           "MD_TEST_TRAFFIC_S": str(traffic), "MD_TEST_TIMEOUT": str(120 + traffic), "MD_HEALTH_CONFIG": str(config),
            "MD_HEALTH_UI_TRACE": str(trace), "MD_HEALTH_EVENTS": f"tcp://127.0.0.1:{free_port()}",
            "MD_HEALTH_SNAPSHOTS": f"tcp://127.0.0.1:{free_port()}",
            "MD_HEALTH_REQUESTS": f"tcp://127.0.0.1:{free_port()}"}
-    log = tmp_path / "blender.log"
-    with open(log, "w") as f:
-        # Its own process group, so a hung Blender is killed with xvfb-run, never left behind.
-        proc = subprocess.Popen([XVFB_RUN, "-a", "-s", "-screen 0 1280x2400x24", BLENDER, "--factory-startup",
-                                 str(start_blend), "--python", str(driver)],
-                                env=env, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
-        try:
-            proc.wait(timeout=150)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            pytest.fail("Blender did not finish within 150 s:\n" + log.read_text()[-3000:])
+    log = _run_blender(tmp_path, out, env, timeout=180 + traffic)
     results = json.loads((out / "results.json").read_text())
     assert not results["errors"], results["errors"][0] + log.read_text()[-3000:]
     steps = {s["step"]: s for s in results["steps"]}
     assert steps["start-op"]["ops"] == ["FINISHED"]
+    assert steps["start-op"]["monitor"] == "starting"  # current right after the click (issue 11 item 9)
     assert steps["finish"]["timer"] is True  # the timer kept running all along
     assert steps["restart-op"]["ops"] == ["FINISHED"] and len(steps["finish"]["children"]) == 2
     # Quitting Blender stopped the monitor it had started.
@@ -199,25 +333,33 @@ def test_panels_in_a_real_blender_window(tmp_path):
     drawn = [json.loads(line) for line in trace.read_text().splitlines()]
     status = [d for d in drawn if d["panel"] == "connection_status"]
     assert any(d["services"].get("comfyui") == "connected" and d["services"].get("wan2gp") in ("disconnected", "error")
-               and d["overall"] == "YELLOW" for d in status), "never drew ComfyUI up with Wan2GP down"
+               and d["overall"] == "YELLOW" and d["space"] == "VIEW_3D" for d in status), \
+        "never drew ComfyUI up with Wan2GP down in the sidebar"
     assert any(d["services"].get("comfyui") in ("disconnected", "error") and d["overall"] == "RED" for d in status)
     assert any(d["overall"] == "OFFLINE" and not d["online"] for d in status)
-    dash = [d for d in drawn if d["panel"] == "health_dashboard"]
-    assert any("comfyui" in d["services"] and d["services"]["comfyui"]["p95"] != "—" for d in dash)
+    dash = [d for d in drawn if d["panel"] == "health_dashboard" and d["space"] == "VIEW_3D"]
+    assert any(d["services"].get("comfyui", {}).get("p95") not in (None, "—") and d["services"]["comfyui"]["chart"]
+               for d in dash), "the sidebar's Health Monitoring never showed ComfyUI's chart"
     # Runtime status never marks the user's file as modified.
     assert not any(s.get("dirty") for s in results["steps"] if "dirty" in s)
 
-    shots = [s for s in results["steps"] if s["step"] == "screenshot"]
-    assert [s["overall"] for s in shots] == ["YELLOW", "RED", "OFFLINE"]
-    sizes = set()
-    for s in shots:
+    shots = {s["file"]: s for s in results["steps"] if s["step"] == "screenshot"}
+    assert [s["overall"] for s in shots.values()] == ["YELLOW"] * 4 + ["RED", "OFFLINE"]
+    up, down, offline = (out / n for n in ("blender-panels.png", "blender-comfyui-down.png",
+                                            "blender-monitor-offline.png"))
+    bar = shots["blender-panels.png"]["sidebar"]
+    # The artist sees the seed's colours: Connected green (ComfyUI, RVC), Disconnected red
+    # (Wan2GP), and a response-time chart with its orange p95 line, in the sidebar.
+    assert _count(up, bar, GREEN) >= 60, _count(up, bar, GREEN)
+    assert _count(up, bar, RED) >= 30, _count(up, bar, RED)
+    assert _count(out / "blender-dashboard.png", bar, ORANGE_LINE, tol=30) >= 50, "no chart line in the sidebar"
+    assert _count(down, bar, RED) > _count(up, bar, RED)  # ComfyUI turned red too
+    assert _count(offline, bar, GREEN) == 0  # offline: no green anywhere, nothing claims to be up
+    for s in shots.values():
         png = out / s["file"]
-        data = png.read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
-        sizes.add(len(data))
-        # docs/screenshots/ keeps the pictures the README shows. They are replaced only on
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # docs/screenshots/ keeps the pictures the docs show. They are replaced only on
         # request, so a test run does not leave changed binaries in everyone's work tree.
-        if os.environ.get("MD_HEALTH_SCREENSHOTS") == "1" or not (SHOTS / s["file"]).exists():
+        if WRITE_DOCS or not (SHOTS / s["file"]).exists():
             SHOTS.mkdir(parents=True, exist_ok=True)
             shutil.copy(png, SHOTS / s["file"])
-    assert len(sizes) == 3  # three different pictures

@@ -56,17 +56,22 @@ def test_required_preference_overrides_the_monitor():
     assert view.is_required("rvc", None, "AUTO") is False
 
 
+def _nb(text):
+    return text.replace(" ", view.NB)
+
+
 def test_unknown_values_show_a_dash_never_zero():
     assert view.ms(None) == view.pct(None) == view.count(None) == view.size(None) == view.money(None) == "—"
     assert view.ms(float("nan")) == "—" and view.ms(True) == "—"
-    assert view.ms(12.4) == "12 ms" and view.ms(1500) == "1.50 s"
-    assert view.pct(0.9712) == "97.1 %" and view.count(0) == "0"
+    assert view.ms(12.4) == _nb("12 ms") and view.ms(1500) == _nb("1.50 s")
+    assert view.pct(0.9712) == _nb("97.1 %") and view.count(0) == "0"
     assert view.queue_text({"details": {"queue_depth": None}}) == "—"
     assert view.resources_text({"details": {}}) == "—"
     assert view.stats_for({"stats": {"p95_ms": 3}}, "1h") == {}  # no 1 h window from an older aggregator
     assert view.stats_for({"stats": {"p95_ms": 3}}, "5m") == {"p95_ms": 3}
     assert view.uptime_for({"uptime": {"24h": 0.5}}, "24h") == 0.5
-    assert view.ago(None, 100) == "never" and view.ago(97.2, 100) == "2 s ago" and view.ago(400, 1000) == "10 min ago"
+    assert view.ago(None, 100) == "never" and view.ago(97.2, 100) == _nb("2 s") + " ago"
+    assert view.ago(400, 1000) == _nb("10 min") + " ago"
 
 
 def test_llm_box_from_the_contract_shape():
@@ -154,7 +159,9 @@ def test_texts_lose_markup_and_wrap_between_words():
     assert view.overall_short("RED", [("disconnected", True), ("connected", False)]) == "AI backends: 1 down"
     assert view.overall_short("GREEN", [("connected", True), ("missing", False)]) == "AI backends: all up"
     assert view.job_time_text({"job_time": {"p50_ms": 1200, "p95_ms": 3000, "count": 4}}) == \
-        "p50 1.20 s, p95 3.00 s (4 jobs)"
+        f"p50 {view.ms(1200)}, p95 {view.ms(3000)} (4 jobs)"
+    assert view.wrap(f"RAM {view.size(1.3 * 2 ** 30)} of {view.size(23.5 * 2 ** 30)}", 12) == \
+        [f"RAM {view.size(1.3 * 2 ** 30)}", f"of {view.size(23.5 * 2 ** 30)}"]  # never "1.3" / "GB"
 
 
 def test_thresholds_are_set_in_the_config_without_touching_the_rest():
