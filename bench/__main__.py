@@ -44,6 +44,7 @@ def _figures():
         ("quantile_accuracy", 8, "Quantile accuracy per tier", lazy("fig_engine", "measure_accuracy")),
         ("footprint", 9, "Always-on footprint (aggregator + every probe)", lazy("fig_footprint", "measure_footprint")),
         ("backend_load", 10, "Load a probe puts on its backend", lazy("fig_footprint", "measure_backend_load")),
+        ("blender_draw", 11, "Panel draw cost in a real Blender GUI", lazy("fig_blender", "measure_draw")),
     ]
 
 

@@ -2,9 +2,11 @@
 
 - MD_HEALTH_UI_TRACE: each panel appends what it drew (one JSON line per change), so a
   GUI test can check what was really on screen next to its screenshot.
-- MD_HEALTH_DRAW_TIMING: every draw() of the add-on's panels is timed; the times of one
-  full redraw of a region (from its Connection Status panel to the next) are summed and
-  written, one sample per line, when the add-on is disabled or Blender quits.
+- MD_HEALTH_DRAW_TIMING: every draw() of the add-on's panels is timed. The draws of one
+  full redraw of a region (from its top panel to the next time the top panel draws) are
+  one sample: the summed draw() time, when that redraw began (perf_counter), and which
+  panels drew. Samples are written, one line of milliseconds each, when the add-on is
+  disabled or Blender quits; the bench reads them in-process (`close`, `samples`).
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from typing import Any
 from .state import RT
 
 TIMING_PATH = os.environ.get("MD_HEALTH_DRAW_TIMING", "")
-_open: dict[int, float] = {}      # region pointer -> seconds drawn so far in its current redraw
+_open: dict[int, list] = {}        # region pointer -> [began, seconds drawn, panel ids] of its redraw
 samples: list[float] = []          # seconds per full draw of all panels in a region
+last_panels: dict[int, set] = {}   # region pointer -> the panels its last full redraw drew
 
 
 def trace(panel: str, values: dict[str, Any]) -> None:
@@ -38,19 +41,34 @@ def timed(draw):
 
     def wrapper(self, context):
         key = context.region.as_pointer() if context.region else 0
-        if getattr(self, "bl_parent_id", "") == "" and key in _open:
-            samples.append(_open.pop(key))  # the region starts a new full redraw
         t = time.perf_counter()
+        if not getattr(self, "bl_parent_id", ""):  # the top panel: a new full redraw of this region
+            close(key)
+            _open[key] = [t, 0.0, set()]
         try:
             return draw(self, context)
         finally:
-            _open[key] = _open.get(key, 0.0) + time.perf_counter() - t
+            entry = _open.setdefault(key, [t, 0.0, set()])
+            entry[1] += time.perf_counter() - t
+            entry[2].add(self.bl_idname)
 
     wrapper.__wrapped__ = draw
     return wrapper
 
 
+def close(key: int) -> tuple[float, float] | None:
+    """End the region's current redraw: (seconds in draw(), seconds since it began), or None."""
+    entry = _open.pop(key, None)
+    if entry is None:
+        return None
+    samples.append(entry[1])
+    last_panels[key] = entry[2]
+    return entry[1], time.perf_counter() - entry[0]
+
+
 def flush() -> None:
+    for key in list(_open):
+        close(key)
     if not TIMING_PATH or not samples:
         return
     with open(TIMING_PATH, "a", encoding="utf-8") as f:

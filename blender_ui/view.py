@@ -5,6 +5,7 @@ Every value the contracts allow to be missing (a field the aggregator does not s
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -105,9 +106,11 @@ def plain(text: str) -> str:
     return text.replace("`", "").replace("**", "")
 
 
-def wrap(text: str, chars: int) -> list[str]:
+@functools.lru_cache(maxsize=512)
+def wrap(text: str, chars: int) -> tuple[str, ...]:
     """Lines of at most `chars` characters, broken between words; a word longer than a
-    line (a path, a URL) is broken at its separators, never mid-word where avoidable."""
+    line (a path, a URL) is broken at its separators, never mid-word where avoidable.
+    Cached: the panels wrap the same texts on every redraw."""
     import textwrap
 
     lines = []
@@ -118,7 +121,7 @@ def wrap(text: str, chars: int) -> list[str]:
             lines.append(line[:cut])
             line = line[cut:]
         lines.append(line)
-    return lines
+    return tuple(lines)
 
 
 def job_time_text(record: dict[str, Any] | None) -> str:

@@ -161,7 +161,7 @@ def test_texts_lose_markup_and_wrap_between_words():
     assert view.job_time_text({"job_time": {"p50_ms": 1200, "p95_ms": 3000, "count": 4}}) == \
         f"p50 {view.ms(1200)}, p95 {view.ms(3000)} (4 jobs)"
     assert view.wrap(f"RAM {view.size(1.3 * 2 ** 30)} of {view.size(23.5 * 2 ** 30)}", 12) == \
-        [f"RAM {view.size(1.3 * 2 ** 30)}", f"of {view.size(23.5 * 2 ** 30)}"]  # never "1.3" / "GB"
+        (f"RAM {view.size(1.3 * 2 ** 30)}", f"of {view.size(23.5 * 2 ** 30)}")  # never "1.3" / "GB"
 
 
 def test_thresholds_are_set_in_the_config_without_touching_the_rest():
