@@ -135,7 +135,7 @@ class MOVIE_DIRECTOR_OT_indicator(Operator):
     bl_label = "Backend Status"
     bl_options = {"INTERNAL"}
 
-    kind: StringProperty()      # overall, state, badge, last_check, llm, metric
+    kind: StringProperty()      # overall, state, badge, llm
     service: StringProperty()
     text: StringProperty()      # a tooltip computed at draw time
 
@@ -160,8 +160,6 @@ def explain(context, kind: str, service: str, text: str = "") -> str:
     if kind == "badge" and item is not None:
         return (f"When {item.label} is down the light turns {'red' if item.required else 'yellow'}; "
                 "change it in the add-on preferences")
-    if kind == "last_check" and item is not None:
-        return f"Local time of the last check: {item.last_check or 'never'}. Refresh checks now"
     return text or "Movie Director backend health"
 
 

@@ -73,14 +73,22 @@ def _status(layout, kind, text, state, service="", tip=""):
     """A state as a label with its coloured icon; the tooltip explains it. (An operator
     without emboss looks like a label and is the one widget that carries a tooltip.)"""
     op = layout.operator("movie_director.indicator", text=text, icon_value=pictures.state_icon(state), emboss=False)
-    op.kind, op.service, op.text = kind, service, tip
+    op.kind = kind
+    if service:
+        op.service = service
+    if tip:
+        op.text = tip
 
 
 def _note(layout, kind, text, icon="NONE", service="", tip=""):
     layout = layout.row(align=True)
     layout.alignment = "LEFT"  # a text, not a button: it starts where labels start
     op = layout.operator("movie_director.indicator", text=text, icon=_i(icon), emboss=False)
-    op.kind, op.service, op.text = kind, service, tip
+    op.kind = kind
+    if service:
+        op.service = service
+    if tip:
+        op.text = tip
 
 
 def _picture(layout, context, key, side, waiting):
@@ -215,14 +223,14 @@ class ConnectionStatus:
         if item.state == "connected":
             if narrow:
                 col.label(text=item.version or view.DASH)
-                _note(col, "last_check", f"Checked {when}", "TIME", item.name)
+                col.label(text=f"Checked {when}", icon=_i("TIME"))
             else:
-                _note(col, "last_check", f"{item.version or view.DASH}, checked {when}", "TIME", item.name)
+                col.label(text=f"{item.version or view.DASH}, checked {when}", icon=_i("TIME"))
             caps = view.capabilities_text(record)
             if caps != view.DASH:
                 _wrapped(col, caps, chars)
         else:
-            _note(col, "last_check", f"Checked {when}", "TIME", item.name)
+            col.label(text=f"Checked {when}", icon=_i("TIME"))
             if item.error and not item.show_details:
                 err = col.column(align=True)
                 err.alert = True
@@ -327,20 +335,22 @@ class HealthDashboard:
             box = layout.box()
             box.label(text=item.label, icon_value=pictures.state_icon(item.state))
             p95, rate = stats.get("p95_ms"), stats.get("success_rate")
+            # Label and value columns, plain labels: a redraw lays out dozens of these, so
+            # each costs one call (the thresholds are in their own section, with words).
+            split = box.split(factor=0.35)
+            names, values = split.column(align=True), split.column(align=True)
+            slow = isinstance(p95, (int, float)) and p95 > th["p95_ms"]
+            failing = isinstance(rate, (int, float)) and rate < th["success"]
+            for name, value, bad in (
+                    ("p95", view.ms(p95), slow),
+                    ("Average", view.ms(stats.get("avg_ms")), False),
+                    ("Success", view.pct(rate), failing),
+                    ("Uptime", view.pct(view.uptime_for(record, rng), 2), False),
+                    ("Queue", view.queue_text(record), False),
+                    ("Job time", view.job_time_short(record), False)):
+                names.label(text=name)
+                values.label(text=value, icon="ERROR" if bad else "NONE")
             col = box.column(align=True)
-            self.figure(col, "p95", view.ms(p95), isinstance(p95, (int, float)) and p95 > th["p95_ms"],
-                        f"95th percentile of the response times of {view.count(stats.get('count'))} checks over "
-                        f"{rng}; slow above {view.ms(th['p95_ms'])}")
-            self.figure(col, "Average", view.ms(stats.get("avg_ms")), False,
-                        f"Mean response time over {rng}")
-            self.figure(col, "Success", view.pct(rate),
-                        isinstance(rate, (int, float)) and rate < th["success"], f"Share of checks that succeeded over {rng}")
-            self.figure(col, "Uptime", view.pct(view.uptime_for(record, rng), 2), False,
-                        f"Share of the last {rng} the service was connected; time its probe was silent counts as "
-                        "unknown, not as up")
-            self.figure(col, "Queue", view.queue_text(record), False, "Jobs waiting in the backend now, and the peak")
-            self.figure(col, "Job time", view.job_time_text(record), False,
-                        "How long the backend took to process its recent jobs")
             _wrapped(col, f"Resources: {view.resources_text(record)}", chars)
             key = pictures.chart_key("trend", item.name, rng, side)
             _picture(box, context, key, side, _waiting(pictures.points(key)))
@@ -369,14 +379,6 @@ class HealthDashboard:
             sub = col.column(align=True)
             sub.alert = True
             _wrapped(sub, view.plain(str(alert.get("message") or alert.get("name"))), _chars(context, 2), "ERROR")
-
-    @staticmethod
-    def figure(layout, name, value, bad, tip):
-        split = layout.split(factor=0.35)
-        split.label(text=name)
-        sub = split.row()
-        sub.alignment = "LEFT"
-        _note(sub, "metric", value, "ERROR" if bad else "NONE", tip=tip)
 
     def draw_llm_usage(self, layout, record):
         if record is None:

@@ -131,6 +131,13 @@ def job_time_text(record: dict[str, Any] | None) -> str:
     return f"p50 {ms(jobs.get('p50_ms'))}, p95 {ms(jobs.get('p95_ms'))} ({count(jobs.get('count'))} jobs)"
 
 
+def job_time_short(record: dict[str, Any] | None) -> str:
+    jobs = (record or {}).get("job_time")
+    if not isinstance(jobs, dict) or not _num(jobs.get("count")):
+        return DASH
+    return f"p95 {ms(jobs.get('p95_ms'))}"
+
+
 # -- formatting ---------------------------------------------------------------------------
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
