@@ -41,7 +41,8 @@ class MOVIE_DIRECTOR_OT_start_monitor(Operator):
 
     def execute(self, context):
         ok, note = monitor.start_local()
-        _state(context).message = note
+        # The panel shows the monitor's state itself; the message line is for problems.
+        _state(context).message = "" if ok else note
         self.report({"INFO"} if ok else {"WARNING"}, note)
         return {"FINISHED"} if ok else {"CANCELLED"}
 
@@ -54,7 +55,7 @@ class MOVIE_DIRECTOR_OT_stop_monitor(Operator):
     def execute(self, context):
         n = monitor.stop_local(wait=False)
         note = "Stopping the local monitor" if n else "This add-on has not started a monitor"
-        _state(context).message = note
+        _state(context).message = "" if n else note
         self.report({"INFO"}, note)
         return {"FINISHED"} if n else {"CANCELLED"}
 

@@ -161,7 +161,6 @@ class ConnectionStatus:
         """One calm block: offline, why, and what happens next; then each service as
         name + unknown."""
         box = layout.box()
-        box.label(text="Monitor offline", icon=_i("INTERNET_OFFLINE"))
         chars = _chars(context)
         ep = RT.endpoints.snapshots if RT.endpoints else "?"
         mon = state.monitor_state
@@ -175,13 +174,13 @@ class ConnectionStatus:
             _wrapped(box, f"The local monitor runs but sends no heartbeat to {ep}; it reconnects by itself.", chars)
         else:
             _wrapped(box, f"Nothing answers at {ep}. Start one here, or it reconnects by itself when a "
-                          "monitor starts.", chars)
+                          "monitor starts.", chars, "INTERNET_OFFLINE")
             if state.monitor_note:
                 _wrapped(box, view.plain(state.monitor_note), chars, "ERROR")
             box.operator("movie_director.start_monitor", icon=_i("PLAY"))
         col = layout.column(align=True)
         for label, service in [(item.label, item.name) for item in state.services] + [("Language Models", "")]:
-            split = col.split(factor=0.45)
+            split = col.split(factor=0.6 if _narrow(context) else 0.45)
             split.label(text=label)
             sub = split.row()
             sub.alignment = "LEFT"
@@ -203,17 +202,16 @@ class ConnectionStatus:
         top = box.row(align=True)
         if narrow:  # name and badge on one line, the state under them
             name, end = top.row(align=True), top.row(align=True)
-            state_row = box.row(align=True)
+            sub = box.row(align=True)
         else:
             split = top.split(factor=0.45)
             name = split.row(align=True)
             state_row = split.row(align=True)
-            end = state_row.row(align=True)
+            sub, end = state_row.row(align=True), state_row.row(align=True)
         name.alignment = "LEFT"
         op = name.operator("movie_director.toggle_details", text=item.label, emboss=False,
                            icon=_i("TRIA_DOWN" if item.show_details else "TRIA_RIGHT"))
         op.service = item.name
-        sub = state_row.row(align=True)
         sub.alignment = "LEFT"
         _status(sub, "state", words, item.state, item.name)
         end.alignment = "RIGHT"

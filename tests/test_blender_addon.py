@@ -357,12 +357,14 @@ def test_monitor_state_is_current_right_after_start_and_says_degraded(endpoints,
             assert state().monitor_state == "starting"  # at once, not a second later
             tick_until(runtime, lambda: state().monitor_state == "running", timeout=30)
             agg = runtime.RT.monitor.children["aggregator"]
+            probes = runtime.RT.monitor.children["probes"]
             agg.kill()
             agg.wait(20)
             tick_until(runtime, lambda: state().monitor_state == "degraded", timeout=20)
             assert "aggregator exited" in state().monitor_note
             assert bpy.ops.movie_director.start_monitor() == {"FINISHED"}  # restarts what exited
-            assert "aggregator" in state().message and "probes" not in state().message
+            children = runtime.RT.monitor.children
+            assert children["probes"] is probes and children["aggregator"].pid != agg.pid  # only what exited
             tick_until(runtime, lambda: state().monitor_state == "running" and state().online, timeout=30)
             assert bpy.ops.movie_director.stop_monitor() == {"FINISHED"}
             assert state().monitor_state in ("stopping", "stopped")
