@@ -249,7 +249,8 @@ class ConnectionStatus:
             _wrapped(col, line_text, chars)
         col.label(text=f"Queue: {view.queue_text(record)}")
         _wrapped(col, f"Job time: {view.job_time_text(record)}", chars)
-        _wrapped(col, f"Resources: {view.resources_text(record)}", chars)
+        for line_text in view.resources_lines(record):
+            _wrapped(col, line_text, chars)
         if item.error and item.state != "connected":
             err = col.column(align=True)
             err.alert = True
@@ -349,7 +350,8 @@ class HealthDashboard:
                 names.label(text=name)
                 values.label(text=value, icon="ERROR" if bad else "NONE")
             col = box.column(align=True)
-            _wrapped(col, f"Resources: {view.resources_text(record)}", chars)
+            for line_text in view.resources_lines(record):
+                _wrapped(col, line_text, chars)
             key = pictures.chart_key("trend", item.name, rng, side)
             _picture(box, context, key, side, _waiting(pictures.points(key)))
             shown[item.name] = {"p95": view.ms(p95), "success": view.pct(rate), "chart": bool(pictures.icon(key))}
@@ -410,19 +412,23 @@ class HealthDashboard:
         box.label(text=f"Compare ({rng})", icon=_i("SORTSIZE"))
         narrow = _narrow(context)  # a sidebar has room for three columns, whole numbers
         heads = ("Service", "p95", "Uptime") if narrow else ("Service", "p95", "Success", "Uptime")
-        grid = box.grid_flow(row_major=True, columns=len(heads), even_columns=False, align=True)
-        for head in heads:
-            grid.label(text=head)
+        col = box.column(align=True)
+        rows = [heads]
         for item in state.services:
             record = client.services.get(item.name)
             if record is None:
                 continue
             stats = view.stats_for(record, rng)
-            grid.label(text=item.label)
-            grid.label(text=view.ms(stats.get("p95_ms")))
+            cells = [item.label, view.ms(stats.get("p95_ms"))]
             if not narrow:
-                grid.label(text=view.pct(stats.get("success_rate")))
-            grid.label(text=view.pct(view.uptime_for(record, rng), 0 if narrow else 1))
+                cells.append(view.pct(stats.get("success_rate")))
+            rows.append(cells + [view.pct(view.uptime_for(record, rng), 0 if narrow else 1)])
+        for cells in rows:
+            split = col.split(factor=0.42)  # the names need the room, the figures are short
+            split.label(text=cells[0])
+            rest = split.row(align=True)
+            for cell in cells[1:]:
+                rest.label(text=cell)
 
 
 class MetricsHistory:

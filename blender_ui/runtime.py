@@ -15,13 +15,13 @@ from collections import deque
 import bpy
 from bpy.app.handlers import persistent
 
-from . import pictures, view
+from . import pictures, statusbar, view
 from .state import RT, STATE
 
 log = logging.getLogger(__package__)
 
 # Regions holding the panels: only these are redrawn, never the 3D viewport itself.
-REDRAW = {("VIEW_3D", "UI"), ("PROPERTIES", "WINDOW"), ("SEQUENCE_EDITOR", "UI"), ("STATUSBAR", "HEADER")}
+REDRAW = {("VIEW_3D", "UI"), ("PROPERTIES", "WINDOW"), ("SEQUENCE_EDITOR", "UI")}
 POLL_MESSAGES = 4        # per batch; batches repeat until POLL_SECONDS is spent
 POLL_SECONDS = 0.001     # time budget of one tick for handling messages
 HISTORY_EVERY = {"5m": 5.0, "1h": 15.0, "24h": 60.0}  # seconds between history refreshes
@@ -113,7 +113,9 @@ def sync(state, client) -> bool:
     changed = _put(state, "online", "online", online)
     changed |= _put(state, "overall", "overall", light)
     changed |= _put(state, "overall_reason", "overall_reason", reason)
-    changed |= _put(state, "overall_short", "overall_short", view.overall_short(light, [(r[2], r[3]) for r in rows]))
+    if _put(state, "overall_short", "overall_short", view.overall_short(light, [(r[2], r[3]) for r in rows])):
+        changed = True
+        statusbar.tag_redraw(bpy.context.window_manager)
     changed |= _put(state, "llm_state", "llm_state", view.state_of(client.services.get(view.LLM), online))
     names = tuple(r[0] for r in rows)
     if RT.written.get("names") != names or len(state.services) != len(names):

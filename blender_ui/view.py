@@ -234,22 +234,28 @@ def queue_text(record: dict[str, Any] | None) -> str:
     return DASH
 
 
-def resources_text(record: dict[str, Any] | None) -> str:
+def resources_lines(record: dict[str, Any] | None) -> list[str]:
+    """One line per part (process, host, VRAM), so each wraps on its own."""
     # The probe puts it in details; the aggregator's record also has it at the top level.
     res = (record or {}).get("resources") or ((record or {}).get("details") or {}).get("resources")
     if not isinstance(res, dict):
-        return DASH
+        return [f"Resources: {DASH}"]
     parts = []
     proc = res.get("process")
     if isinstance(proc, dict):
-        parts.append(f"process CPU {_fmt_cpu(proc.get('cpu_percent'))}, RAM {size(proc.get('rss_bytes'))}")
+        parts.append(f"Process: CPU {_fmt_cpu(proc.get('cpu_percent'))}, RAM {size(proc.get('rss_bytes'))}")
     host = res.get("host")
     if isinstance(host, dict):
-        parts.append(f"host CPU {_fmt_cpu(host.get('cpu_percent'))}, RAM {size(host.get('ram_used'))}"
+        parts.append(f"Host: CPU {_fmt_cpu(host.get('cpu_percent'))}, RAM {size(host.get('ram_used'))}"
                      f" of {size(host.get('ram_total'))}")
     if _num(res.get("vram_used_bytes")):
-        parts.append(f"VRAM {size(res['vram_used_bytes'])}")
-    return "; ".join(parts) or DASH
+        parts.append(f"VRAM: {size(res['vram_used_bytes'])}")
+    return parts or [f"Resources: {DASH}"]
+
+
+def resources_text(record: dict[str, Any] | None) -> str:
+    lines = resources_lines(record)
+    return DASH if lines == [f"Resources: {DASH}"] else "; ".join(lines)
 
 
 def _fmt_cpu(v: Any) -> str:

@@ -120,6 +120,12 @@ DRIVER = textwrap.dedent(r'''
         subprocess.run(["xdotool", "mousemove", str(l + 60), str((t + b) // 2), "click", "--repeat", str(abs(clicks)),
                         "5" if clicks > 0 else "4"], timeout=20)
 
+    def xdo_scroll_big(clicks):
+        """Scroll the big Properties editor past Blender's own Scene panels."""
+        a, h = S["big"], bpy.context.window_manager.windows[0].height
+        subprocess.run(["xdotool", "mousemove", str(a.x + a.width // 2), str(h - a.y - a.height // 2), "click",
+                        "--repeat", str(clicks), "5"], timeout=20)
+
     def click(x, y):
         subprocess.run(["xdotool", "mousemove", str(int(x)), str(int(y)), "click", "1"], timeout=10)
 
@@ -190,12 +196,13 @@ DRIVER = textwrap.dedent(r'''
         ("header", header, lambda: None),
         ("up", lambda: svc("comfyui") == "connected" and svc("wan2gp") in ("disconnected", "error")
                        and svc("rvc") == "connected" and charted("comfyui") and time.time() > T0 + TRAFFIC,
-         lambda: None),
+         lambda: scroll(-60)),
         ("drawn-up", lambda: time.time() > T["since"] + 2.5, lambda: shot("blender-panels.png")),
         ("scroll", lambda: True, lambda: scroll(40)),
         ("drawn-dashboard", lambda: time.time() > T["since"] + 2.0, lambda: shot("blender-dashboard.png")),
         ("wide", lambda: True, lambda: (scroll(-40), wide(True))),
         ("scene-tab", lambda: time.time() > T["since"] + 0.5, scene_tab),
+        ("scroll-wide", lambda: time.time() > T["since"] + 0.5, lambda: xdo_scroll_big(5)),
         ("drawn-wide", lambda: time.time() > T["since"] + 3.0, lambda: shot("blender-panels-wide.png")),
         ("scale2", lambda: True, lambda: (wide(False), setattr(bpy.context.preferences.view, "ui_scale", 2.0))),
         ("top", lambda: time.time() > T["since"] + 0.5, lambda: scroll(-60)),
@@ -337,6 +344,9 @@ def test_panels_in_a_real_blender_window(tmp_path):
         "never drew ComfyUI up with Wan2GP down in the sidebar"
     assert any(d["services"].get("comfyui") in ("disconnected", "error") and d["overall"] == "RED" for d in status)
     assert any(d["overall"] == "OFFLINE" and not d["online"] for d in status)
+    # The status bar's indicator follows the state (it is redrawn when its words change).
+    bar_texts = {d["text"] for d in drawn if d["panel"] == "statusbar"}
+    assert "AI backends: monitor offline" in bar_texts and any(t.endswith(" down") for t in bar_texts), bar_texts
     dash = [d for d in drawn if d["panel"] == "health_dashboard" and d["space"] == "VIEW_3D"]
     assert any(d["services"].get("comfyui", {}).get("p95") not in (None, "—") and d["services"]["comfyui"]["chart"]
                for d in dash), "the sidebar's Health Monitoring never showed ComfyUI's chart"
