@@ -39,7 +39,9 @@ def _prefs():
 def _use(runtime, events: str, snapshots: str, requests: str) -> None:
     p = _prefs()
     p.events, p.snapshots, p.requests = events, snapshots, requests
-    problem = runtime.connect()
+    from blender_ui import connection
+
+    problem = connection.connect()
     if problem:
         raise SystemExit(f"bench: the add-on cannot connect: {problem}")
 

@@ -44,7 +44,7 @@ class PropertiesScene:
 
 # -- small pieces ---------------------------------------------------------------------------------
 def _scale(context) -> float:
-    return context.preferences.system.ui_scale
+    return pictures.ui_scale()
 
 
 def _chars(context, indent: int = 2) -> int:
@@ -72,7 +72,8 @@ def _wrapped(layout, text, chars, icon="NONE"):
 def _status(layout, kind, text, state, service="", tip=""):
     """A state as a label with its coloured icon; the tooltip explains it. (An operator
     without emboss looks like a label and is the one widget that carries a tooltip.)"""
-    op = layout.operator("movie_director.indicator", text=text, icon_value=pictures.state_icon(state), emboss=False)
+    # The coloured picture, or without pictures (no numpy, no GUI) Blender's own icon.
+    op = layout.operator("movie_director.indicator", text=text, emboss=False, **pictures.state_icon_args(state))
     op.kind = kind
     if service:
         op.service = service
@@ -95,7 +96,7 @@ def _picture(layout, context, key, side, waiting):
     """A rendered chart at its pixel size, or one line saying why there is none."""
     icon_id = pictures.icon(key)
     if not icon_id:
-        layout.label(text=waiting, icon=_i("TIME"))
+        _wrapped(layout, pictures.MISSING or waiting, _chars(context), "INFO" if pictures.MISSING else "TIME")
         return
     row = layout.row()
     row.alignment = "CENTER"
@@ -112,7 +113,7 @@ class ConnectionStatus:
 
     def draw_header(self, context):
         state = getattr(context.window_manager, STATE)
-        self.layout.label(text="", icon_value=pictures.state_icon(view.OVERALL_STATE.get(state.overall, "offline")))
+        self.layout.label(text="", **pictures.state_icon_args(view.OVERALL_STATE.get(state.overall, "offline")))
 
     def draw(self, context):
         layout = self.layout
@@ -325,14 +326,16 @@ class HealthDashboard:
         if idle:
             _wrapped(layout, f"No live figures (not connected): {', '.join(idle)}", _chars(context, 1), "INFO")
         side = pictures.side(context.region.width, _scale(context))
+        n = pictures.columns(context.region.width, _scale(context))
+        grid = layout.grid_flow(row_major=True, columns=n, even_columns=True) if n > 1 else layout
         shown = {}
         for item in state.services:
             record = client.services.get(item.name)
             if record is None or item.state != "connected":
                 continue
             stats = view.stats_for(record, rng)
-            box = layout.box()
-            box.label(text=item.label, icon_value=pictures.state_icon(item.state))
+            box = grid.box()
+            box.label(text=item.label, **pictures.state_icon_args(item.state))
             p95, rate = stats.get("p95_ms"), stats.get("success_rate")
             # Label and value columns, plain labels: a redraw lays out dozens of these, so
             # each costs one call (the thresholds are in their own section, with words).
@@ -372,7 +375,9 @@ class HealthDashboard:
             return
         col = layout.column(align=True)
         if len(alerts) > 1:
-            col.prop(state, "show_alerts", emboss=False, text=f"{len(alerts)} active alerts",
+            row = col.row()
+            row.alignment = "LEFT"
+            row.prop(state, "show_alerts", emboss=False, text=f"{len(alerts)} active alerts",
                      icon=_i("TRIA_DOWN" if state.show_alerts else "TRIA_RIGHT"))
         shown = alerts if state.show_alerts or len(alerts) == 1 else alerts[:1]
         for alert in shown:

@@ -14,16 +14,24 @@ import time
 
 import bpy
 
-from . import charts, view
+from . import view
 from .state import RT
+
+try:  # numpy ships inside Blender from blender.org; a distribution's Blender may lack it
+    from . import charts
+    MISSING = ""
+except ImportError:
+    charts = None
+    MISSING = ("Charts need numpy in Blender's Python (it ships with Blender from blender.org; "
+               "on Debian: apt install python3-numpy)")
 
 PER_TICK = 2           # pictures rendered per timer call at most
 MIN_POINTS = 2         # fewer points than this: the panel says so instead of a chart
 REGIONS = {("VIEW_3D", "UI"), ("SEQUENCE_EDITOR", "UI"), ("PROPERTIES", "WINDOW")}
 SERVICE_MAX = 380      # px at UI scale 1: a per-service chart bigger than this says no more
 HISTORY_MAX = 720
-STATE_COLOURS = {"connected": charts.GREEN, "connecting": charts.YELLOW, "disconnected": charts.RED,
-                 "error": charts.ORANGE, "unknown": charts.GREY, "offline": charts.GREY, "missing": charts.GREY}
+STATE_COLOURS = {"connected": "GREEN", "connecting": "YELLOW", "disconnected": "RED", "error": "ORANGE",
+                 "unknown": "GREY", "offline": "GREY", "missing": "GREY"}  # names in charts.py
 
 _pcoll = None
 _signatures: dict[str, object] = {}
@@ -36,8 +44,10 @@ def open_previews() -> None:
 
     close_previews()
     _pcoll = bpy.utils.previews.new()
+    if charts is None:
+        return
     for kind, colour in STATE_COLOURS.items():
-        _put(f"state.{kind}", charts.state_icon(_icon_shape(kind), colour, 32), 32)
+        _put(f"state.{kind}", charts.state_icon(_icon_shape(kind), getattr(charts, colour), 32), 32)
 
 
 def close_previews() -> None:
@@ -65,10 +75,24 @@ def _put(key: str, pixels, size: int) -> None:
 
 
 # -- what draw() reads ------------------------------------------------------------------------------
+def ui_scale() -> float:
+    """Blender's effective UI scale (0 without a window, in background mode: then 1)."""
+    return bpy.context.preferences.system.ui_scale or 1.0
+
+
+def columns(region_width: int, ui_scale: float) -> int:
+    """Service boxes side by side in a wide editor: as many as fit at their full chart size."""
+    inner = region_width - 44 * ui_scale
+    return max(1, min(3, int(inner // ((SERVICE_MAX + 40) * ui_scale))))
+
+
 def side(region_width: int, ui_scale: float, big: bool = False) -> int:
-    """The pixel size of a chart in a region this wide: the panel's inner width, capped,
-    rounded to 8 px so a small resize does not re-render everything."""
-    inner = region_width - int(44 * ui_scale)
+    """The pixel size of a chart in a region this wide: the inner width of its panel (or
+    of its column), capped, rounded to 8 px so a small resize does not re-render all."""
+    inner = region_width - 44 * ui_scale
+    if not big:
+        n = columns(region_width, ui_scale)
+        inner = inner / n - (40 * ui_scale if n > 1 else 0)
     cap = (HISTORY_MAX if big else SERVICE_MAX) * ui_scale
     return max(96, int(min(inner, cap)) // 8 * 8)
 
@@ -87,6 +111,13 @@ def state_icon(state: str) -> int:
     return icon(f"state.{state if state in STATE_COLOURS else 'unknown'}")
 
 
+def state_icon_args(state: str) -> dict:
+    """Keyword arguments for a label's icon: the coloured picture, else Blender's icon."""
+    icon_id = state_icon(state)
+    return {"icon_value": icon_id} if icon_id else {"icon": view.STATES.get(state, view.STATES["unknown"])[0]
+                                                    if state != "offline" else "QUESTION"}
+
+
 def chart_key(kind: str, name: str, rng: str, size: int) -> str:
     return f"{kind}.{name}.{rng}.{size}"
 
@@ -103,7 +134,7 @@ def service_series(name: str, rng: str) -> dict:
 
 
 def _sizes(wm) -> set[tuple[int, bool]]:
-    scale = bpy.context.preferences.system.ui_scale
+    scale = ui_scale()
     out = set()
     for window in wm.windows:
         for area in window.screen.areas:
@@ -117,7 +148,7 @@ def _sizes(wm) -> set[tuple[int, bool]]:
 def update(wm) -> bool:
     """Re-render what changed (at most PER_TICK pictures). True if a picture changed."""
     client = RT.client
-    if _pcoll is None or client is None or not client.online:
+    if _pcoll is None or charts is None or client is None or not client.online:
         return False
     state = getattr(wm, "movie_director_health", None)
     if state is None:
@@ -126,7 +157,7 @@ def update(wm) -> bool:
     seconds = view.RANGE_SECONDS[rng]
     now = time.time()
     span = (now - seconds, now)
-    scale = bpy.context.preferences.system.ui_scale
+    scale = ui_scale()
     limit = RT.thresholds["p95_ms"]
     todo = []
     names = [item.name for item in state.services if item.name in client.services]

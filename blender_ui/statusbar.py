@@ -14,7 +14,7 @@ def draw(self, context):
     row = self.layout.row(align=True)
     row.alert = state.overall == "RED"
     row.popover(panel="MOVIE_DIRECTOR_PT_connection_status", text=state.overall_short,
-                icon_value=pictures.state_icon(view.OVERALL_STATE.get(state.overall, "offline")))
+                **pictures.state_icon_args(view.OVERALL_STATE.get(state.overall, "offline")))
     instrument.trace("statusbar", {"text": state.overall_short, "overall": state.overall})
 
 

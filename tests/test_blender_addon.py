@@ -439,3 +439,25 @@ def test_operators_read_clearly_in_search(addon):
         words = cls.bl_label.split()
         assert len(words) >= 2 and all(w[0].isupper() or w in ("to", "of") for w in words), cls.bl_label
         assert "`" not in (cls.__doc__ or "")
+
+
+NO_NUMPY = r'''
+import sys
+import bpy, addon_utils  # (the bpy module itself needs numpy; Debian's Blender does not)
+sys.modules["numpy"] = None  # from here on, as in a Blender whose Python has no numpy
+assert addon_utils.enable("blender_ui", default_set=True, handle_error=None) is not None
+from blender_ui import pictures, runtime
+runtime.tick()
+assert pictures.MISSING and "numpy" in pictures.MISSING, pictures.MISSING
+assert pictures.state_icon_args("connected") == {"icon": "CHECKMARK"}
+addon_utils.disable("blender_ui", default_set=True, handle_error=None)
+print("registered without numpy")
+'''
+
+
+def test_without_numpy_the_add_on_still_works_and_says_why(tmp_path):
+    import subprocess
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-c", NO_NUMPY], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and "registered without numpy" in done.stdout, done.stdout + done.stderr[-2000:]

@@ -37,6 +37,9 @@ BLENDER = shutil.which("blender")
 XVFB_RUN = shutil.which("xvfb-run")
 XDOTOOL = shutil.which("xdotool")
 WRITE_DOCS = os.environ.get("MD_HEALTH_SCREENSHOTS") == "1"
+# Seconds of fake traffic before the first screenshot: enough for the charts to show trends
+# when the pictures are for the docs, enough to have a chart otherwise.
+TRAFFIC = float(os.environ.get("MD_TEST_TRAFFIC_S", "150")) if WRITE_DOCS else 25.0
 
 DRIVER = textwrap.dedent(r'''
     import json, math, os, subprocess, sys, time
@@ -293,6 +296,7 @@ def _run_blender(tmp_path, out, env, timeout):
 
 @pytest.mark.skipif(not (BLENDER and XVFB_RUN and XDOTOOL),
                     reason="needs Debian's blender, xvfb and xdotool (.ci/run installs them)")
+@pytest.mark.timeout(int(240 + 1.5 * TRAFFIC))
 def test_panels_in_a_real_blender_window(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -313,7 +317,7 @@ def test_panels_in_a_real_blender_window(tmp_path):
         interval = 0.5
     """))
     trace = out / "trace.jsonl"
-    traffic = float(os.environ.get("MD_TEST_TRAFFIC_S", "150")) if WRITE_DOCS else 25.0
+    traffic = TRAFFIC
     env = {**os.environ, "MD_TEST_ROOT": str(ROOT), "MD_TEST_OUT": str(out), "MD_TEST_PYTHON": sys.executable,
            "MD_TEST_COMFY_PORT": str(comfy_port), "MD_TEST_RVC_PORT": str(rvc_port),
            "MD_TEST_TRAFFIC_S": str(traffic), "MD_TEST_TIMEOUT": str(120 + traffic), "MD_HEALTH_CONFIG": str(config),
