@@ -66,7 +66,8 @@ def run_tick(client, wm) -> bool:
     if changed:
         _sample(client)
         sync(getattr(wm, STATE), client)
-        pictures.update(wm)
+        if panels_visible(wm):  # nobody looks: no pictures to render
+            pictures.update(wm)
         tag_redraw(wm)
     return changed
 
@@ -203,7 +204,8 @@ def housekeeping(wm) -> None:
             _put(state, "message", "message", f"No monitor answered at {RT.endpoints.snapshots} within 3 s. "
                                               "Start the local monitor, or check the endpoints.")
     changed = sync(state, client)
-    changed |= pictures.update(wm)
+    if panels_visible(wm):
+        changed |= pictures.update(wm)
     if changed or (client.online and client.services):
         tag_redraw(wm)  # the "last check N s ago" texts move on every second
 
