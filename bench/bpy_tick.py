@@ -156,12 +156,13 @@ def main() -> None:
 
     result["update_ms"] = update_latency(runtime, args.events, args.updates)
 
-    flood_snapshots = f"tcp://127.0.0.1:{free_port()}"
-    flood = spawn([py, "-m", "bench.loadgen", "flood", "--snapshots", flood_snapshots, "--rate", "10000"],
-                  stdout=subprocess.PIPE, text=True)
+    flood_snapshots, flood_requests = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    flood = spawn([py, "-m", "bench.loadgen", "flood", "--snapshots", flood_snapshots, "--requests", flood_requests,
+                   "--rate", "10000"], stdout=subprocess.PIPE, text=True)
     try:
-        _use(runtime, args.events, flood_snapshots, f"tcp://127.0.0.1:{free_port()}")
-        _tick_until(runtime, lambda: runtime.RT.client.online, 20)
+        _use(runtime, args.events, flood_snapshots, flood_requests)
+        # Active, not just online: a syncing Clone client only buffers; the figure is for applying.
+        _tick_until(runtime, lambda: runtime.RT.client.online and runtime.RT.client.state == "active", 20)
         result["flood"] = timed_ticks(runtime, args.ticks)
     finally:
         stop_child(flood)

@@ -4,10 +4,12 @@ slices with the timer being measured.
     python -m bench.loadgen probes --events EP [--services 5] [--rate 1]
         Probe traffic into a real aggregator: per service and cycle, a heartbeat, two
         timings and a status whose details change, so the aggregator republishes.
-    python -m bench.loadgen flood --snapshots EP [--rate 10000]
+    python -m bench.loadgen flood --snapshots EP --requests EP [--rate 10000]
         A flood straight at subscribers: binds the snapshot endpoint and publishes
         `snapshot.<service>` records (shaped by the real engine) at `rate` per second,
         plus the aggregator heartbeat, as an overloaded or misbehaving aggregator would.
+        It answers snapshot requests with an empty state, so a Clone client becomes
+        active and applies the flood instead of only buffering it while it syncs.
 
 Stops when its stdin closes (bus/lifeline.py).
 """
@@ -17,11 +19,14 @@ import argparse
 import threading
 import time
 
+import zmq
+
 from bus.lifeline import watch_stdin
-from bus.protocol import Publisher
-from bus.sockets import close, new_context, pub_socket
+from bus.protocol import Publisher, Rejection, decode, encode
+from bus.sockets import close, drain, new_context, pub_socket, router_socket
 
 SERVICES = ("comfyui", "wan2gp", "rvc", "audioldm", "llm")
+FLOOD_INSTANCE = "bench-flood"
 
 
 def probes(events: str, services: int, rate: float, stop: threading.Event) -> None:
@@ -43,7 +48,7 @@ def probes(events: str, services: int, rate: float, stop: threading.Event) -> No
             cycle += 1
             stop.wait(max(0.0, 1.0 / rate - (time.monotonic() - start)))
     finally:
-        close(sock)
+        close(sock, router)
         ctx.term()
 
 
@@ -57,11 +62,27 @@ def _records() -> dict[str, dict]:
     return {s: engine.record(s) for s in SERVICES[:4]}
 
 
-def flood(snapshots: str, rate: float, stop: threading.Event) -> None:
+def _answer_snapshots(router, pub: Publisher) -> None:
+    for frames in drain(router, 100, 0.001):
+        if len(frames) != 2:
+            continue
+        msg = decode(frames[1])
+        if isinstance(msg, Rejection) or msg.topic != "request.snapshot":
+            continue
+        body = {"ok": True, "id": msg.body.get("id"), "seq": pub.seq,
+                "state": {"instance": FLOOD_INSTANCE, "services": {}, "alerts": []}}
+        try:
+            router.send_multipart([frames[0], encode("reply.snapshot", "aggregator", pub.seq, body)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+
+def flood(snapshots: str, requests: str, rate: float, stop: threading.Event) -> None:
     records = _records()
     names = list(records)
     ctx = new_context()
     sock = pub_socket(ctx, snapshots, bind=True)
+    router = router_socket(ctx, requests)
     pub = Publisher(sock, "aggregator")
     batch = max(1, int(rate / 100))  # send in 10 ms batches: smooth enough, cheap to pace
     sent = 0
@@ -70,9 +91,10 @@ def flood(snapshots: str, rate: float, stop: threading.Event) -> None:
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_beat:
-                pub.send("heartbeat.aggregator", {"interval": 1.0, "instance": "bench-flood", "alerts": [],
+                pub.send("heartbeat.aggregator", {"interval": 1.0, "instance": FLOOD_INSTANCE, "alerts": [],
                                                   "bus": {}})
                 next_beat = now + 1.0
+            _answer_snapshots(router, pub)
             due = int((now - start) * rate) - sent
             for _ in range(min(due, batch * 5)):
                 name = names[sent % len(names)]
@@ -83,7 +105,7 @@ def flood(snapshots: str, rate: float, stop: threading.Event) -> None:
                 sent += 1
             stop.wait(0.01)
     finally:
-        close(sock)
+        close(sock, router)
         ctx.term()
         # What the flood really reached, for the figure's line (a starved sender falls short).
         print(f"sent {sent} in {time.monotonic() - start:.3f} s", flush=True)
@@ -98,6 +120,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=1.0)
     f = sub.add_parser("flood")
     f.add_argument("--snapshots", required=True)
+    f.add_argument("--requests", required=True)
     f.add_argument("--rate", type=float, default=10_000)
     args = parser.parse_args()
     stop = threading.Event()
@@ -106,7 +129,7 @@ def main() -> None:
         if args.what == "probes":
             probes(args.events, args.services, args.rate, stop)
         else:
-            flood(args.snapshots, args.rate, stop)
+            flood(args.snapshots, args.requests, args.rate, stop)
     except KeyboardInterrupt:
         pass
 

@@ -12,7 +12,7 @@ import sys
 from tests.conftest import ROOT
 
 FIGURES = ("ingest", "bus_latency", "detection", "blender_tick", "blender_update", "store_memory",
-           "snapshot_cost", "quantile_accuracy", "footprint", "backend_load")
+           "snapshot_cost", "quantile_accuracy", "footprint", "backend_load", "blender_draw")
 
 
 def test_tiny_bench_writes_every_figure(tmp_path):
