@@ -180,8 +180,15 @@ class ConnectionStatus:
                 _wrapped(box, view.plain(state.monitor_note), chars, "ERROR")
             box.operator("movie_director.start_monitor", icon=_i("PLAY"))
         col = layout.column(align=True)
+        narrow = _narrow(context)
         for label, service in [(item.label, item.name) for item in state.services] + [("Language Models", "")]:
-            split = col.split(factor=0.6 if _narrow(context) else 0.45)
+            if narrow:  # one line each: "ComfyUI: unknown"
+                row = col.row()
+                row.alignment = "LEFT"
+                _status(row, "state" if service else "llm", f"{label}: unknown", "unknown", service,
+                        tip="No heartbeat from the monitor: state unknown")
+                continue
+            split = col.split(factor=0.45)
             split.label(text=label)
             sub = split.row()
             sub.alignment = "LEFT"

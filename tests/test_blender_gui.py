@@ -119,9 +119,10 @@ DRIVER = textwrap.dedent(r'''
             return False
 
     def scroll(clicks):
+        """Scroll the sidebar, then move the pointer away (no tooltip in the pictures)."""
         l, t, r, b = rect(sidebar())
         subprocess.run(["xdotool", "mousemove", str(l + 60), str((t + b) // 2), "click", "--repeat", str(abs(clicks)),
-                        "5" if clicks > 0 else "4"], timeout=20)
+                        "5" if clicks > 0 else "4", "mousemove", "700", "500"], timeout=20)
 
     def xdo_scroll_big(clicks):
         """Scroll the big Properties editor past Blender's own Scene panels."""
