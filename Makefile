@@ -75,7 +75,9 @@ soak: $(TEST_STAMP)
 
 ## Re-run the fault, bad-input and security tests and regenerate docs/reliability.md from them.
 reliability: $(TEST_STAMP)
-	MD_HEALTH_WRITE_DOCS=1 $(PY) -m pytest -q tests/test_fuzz_*.py tests/test_reliability_*.py tests/test_security*.py tests/test_soak.py
+	MD_HEALTH_WRITE_DOCS=1 $(PY) -m pytest -q tests/test_fuzz_*.py tests/test_reliability_*.py tests/test_security*.py tests/test_soak.py \
+	  tests/test_client_states.py tests/test_engine_clock.py tests/test_probe_runner.py tests/test_supervisor.py \
+	  tests/test_aggregator_cli.py
 
 clean:
 	rm -rf $(VENV) $(VENV313) .pytest_cache build *.egg-info

@@ -17,6 +17,7 @@ from aggregator.server import Aggregator
 from aggregator.settings import Settings
 from aggregator.store import Store
 from aggregator.timeline import Timeline
+from tests.reliability import measured  # noqa: F401 - fixture
 from bus.protocol import MAX_REPLY_BYTES, Publisher, decode, encode
 from bus.sockets import close, dealer_socket, new_context, pub_socket
 from tests.conftest import wait_for
@@ -100,7 +101,7 @@ def history_t(asker) -> list[float]:
     return msg.body["state"]["history"]["services"]["x"]["t"]
 
 
-def test_wall_clock_stepped_back_and_forward_an_hour(aggregator, client):
+def test_wall_clock_stepped_back_and_forward_an_hour(aggregator, client, measured):
     wall, pub, asker = aggregator()
     started = time.monotonic()
     wait_for(lambda: pub.send("status.x", {"service": "x", "state": "connected"}) or "x" in client.services,
@@ -134,8 +135,17 @@ def test_wall_clock_stepped_back_and_forward_an_hour(aggregator, client):
     assert w["unknown_s"] >= 3500, w                      # ... it is unobserved time
     for step, seconds in dead_after.items():
         assert seconds <= DEAD_BOUND, (step, seconds)
-    print(f"dead probe shown after {dead_after['back']:.2f} s (back step), {dead_after['forward']:.2f} s "
-          f"(forward step); bound {DEAD_BOUND} s")
+    measured.record("clock_steps", section="Faults", order=20,
+                    case="The aggregator's wall clock stepped back an hour, then forward an hour (injected clock)",
+                    required=f"a silent probe shows dead within {DEAD_BOUND:g} s after either step; 1 s buckets "
+                             "keep closing; the jumped hour is never credited up (before: after the step back "
+                             "the engine froze, and 10 min of silence still showed connected)",
+                    measured=f"dead shown {dead_after['back']:.2f} s after its last beat (back step), "
+                             f"{dead_after['forward']:.2f} s (forward step); buckets closed after both; 24 h "
+                             f"window up {w['up_s']:.0f} s of {time.monotonic() - started:.0f} s real, "
+                             f"unknown {w['unknown_s']:.0f} s",
+                    dead_after_back_s=round(dead_after["back"], 3), dead_after_forward_s=round(dead_after["forward"], 3),
+                    up_s=round(w["up_s"], 1), unknown_s=round(w["unknown_s"], 1))
 
 
 def test_restored_history_ahead_of_the_clock_keeps_closing_buckets(aggregator, client, tmp_path):
@@ -221,7 +231,7 @@ def test_no_forward_step_makes_a_live_probe_look_dead():
         assert engine.record("x")["probe_alive"] is True, step
 
 
-def test_a_backend_down_for_seven_days_with_its_probe_alive():
+def test_a_backend_down_for_seven_days_with_its_probe_alive(measured):
     """Fake clock: checks 30 s apart (a probe's capped backoff), heartbeats every 10 s."""
     clock = Clock()
     engine = Engine(clock, Settings(tiers=[(1, 300), (10, 3600), (60, 86400), (3600, 7 * 86400)]))
@@ -250,3 +260,10 @@ def test_a_backend_down_for_seven_days_with_its_probe_alive():
     assert engine.bad_events == 0
     grown = objects[week // 10 - 1] - objects[86400 // 10]
     assert grown < 500, f"{grown} more live objects on day 7 than on day 1"
+    measured.record("engine_week_outage", section="Faults", order=21,
+                    case="A backend down for 7 days, flipping disconnected/error, its probe alive (engine, fake clock)",
+                    required="one down span for the whole week (down_for_s), correct 24 h and 7 d windows, no "
+                             "error, memory flat from day 1 to day 7",
+                    measured=f"down_for_s {r['down_for_s']:.0f} s (a week is {week} s); 24 h window "
+                             f"{w24['down_s']:.0f} s down, 0 up; {grown} more live objects on day 7 than day 1",
+                    down_for_s=r["down_for_s"], live_objects_grown=grown)
