@@ -15,6 +15,7 @@ blocks, except `stop(wait=True)` when the add-on is disabled or Blender quits.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def start_local() -> tuple[bool, str]:
         ep = connection.endpoints_from(p)
         if "aggregator" in mon.missing() and deps.sockets.endpoint_in_use(ep.snapshots, timeout=0.2):
             return False, f"A monitor already runs at {ep.snapshots}; the panels use it"
-        python = bpy.path.abspath(p.monitor_python) if p.monitor_python.strip() else __import__("sys").executable
+        python = bpy.path.abspath(p.monitor_python) if p.monitor_python.strip() else sys.executable
         if not Path(python).is_file():
             return False, f"No Python interpreter at {python!r} (see the add-on preferences)"
         env = deps.child_environment(python)
