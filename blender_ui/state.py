@@ -39,11 +39,6 @@ class Runtime:
         self.trace_last: dict[str, str] = {}
 
     @property
-    def children(self):
-        """The local monitor's child processes by role (aggregator, probes)."""
-        return self.monitor.children
-
-    @property
     def log_path(self) -> Path | None:
         return self.monitor.log_path
 

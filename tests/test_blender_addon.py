@@ -304,7 +304,7 @@ def test_local_monitor_start_stop_and_disable_stop_only_our_children(endpoints, 
             use_endpoints(endpoints)
             prefs().monitor_python = sys.executable
             assert bpy.ops.movie_director.start_monitor() == {"FINISHED"}
-            ours = [p.pid for p in runtime.RT.children.values()]
+            ours = [p.pid for p in runtime.RT.monitor.children.values()]
             assert len(ours) == 2
             tick_until(runtime, lambda: item("comfyui") and item("comfyui").state == "connected", timeout=30)
             assert state().monitor_state == "running"
@@ -335,7 +335,7 @@ def test_local_monitor_start_stop_and_disable_stop_only_our_children(endpoints, 
             from blender_ui import lifecycle
             lifecycle.unregister()
             lifecycle.register()  # what enabling runs; auto-start happens here
-            started = [p.pid for p in runtime.RT.children.values()]
+            started = [p.pid for p in runtime.RT.monitor.children.values()]
             assert len(started) == 2, state().message
         finally:
             _disable()

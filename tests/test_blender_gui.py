@@ -249,7 +249,7 @@ DRIVER = textwrap.dedent(r'''
     def finish():
         try:
             note(step="finish", dirty=bpy.data.is_dirty, timer=bpy.app.timers.is_registered(runtime.tick),
-                 children=[p.pid for p in runtime.RT.children.values()])
+                 children=[p.pid for p in runtime.RT.monitor.children.values()])
         finally:
             bpy.app.timers.register(quit_now, first_interval=0.1)  # quit with the add-on enabled
         return None
