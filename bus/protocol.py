@@ -26,11 +26,14 @@ MAX_EVENT_BYTES = 1 << 20
 # Replies (full snapshot with history, exports) may be larger.
 MAX_REPLY_BYTES = 64 << 20
 
-# Service states published by probes (the seed story's four) ...
-PROBE_STATES = ("connecting", "connected", "disconnected", "error")
-# ... plus the one only the aggregator can know: the probe itself stopped reporting.
+# Service states published by probes: the seed story's four, then "alive but not ready"
+# (answers, but its model is still loading, or was unloaded by idle time and wakes on use) ...
+PROBE_STATES = ("connecting", "connected", "disconnected", "error", "loading", "sleeping")
+# ... plus the ones only the aggregator can know: the probe itself stopped reporting, and a
+# connected service whose p95 or queue is over its alert threshold.
 STATE_UNKNOWN = "unknown"
-STATES = PROBE_STATES + (STATE_UNKNOWN,)
+STATE_DEGRADED = "degraded"
+STATES = PROBE_STATES + (STATE_UNKNOWN, STATE_DEGRADED)
 
 _NUMBER = (int, float)
 _TEXT = (str,)

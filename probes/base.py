@@ -53,6 +53,9 @@ class CheckResult:
     # Reachable but wrong (wrong app on the port, bad key): `error`, not `disconnected`.
     reachable: bool = False
     timings: list[Timing] = field(default_factory=list)
+    # Healthy but not ready: "loading" (a model is still loading) or "sleeping" (unloaded by
+    # idle time, wakes on use). Shown instead of `connected`; "" means ready.
+    readiness: str = ""
 
 
 class Probe:
@@ -190,6 +193,8 @@ class StateMachine:
                 self.state = self.confirmed = "error" if result.reachable else "disconnected"
             else:
                 self.state = "connecting"
+        if self.state == "connected" and result.readiness:
+            self.state = result.readiness
         down = self.state in ("disconnected", "error") and not self.unconfirmed
         self._doublings = min(self._doublings + 1, MAX_DOUBLINGS) if down else 0
         return self.state
