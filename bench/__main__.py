@@ -45,6 +45,10 @@ def _figures():
         ("footprint", 9, "Always-on footprint (aggregator + every probe)", lazy("fig_footprint", "measure_footprint")),
         ("backend_load", 10, "Load a probe puts on its backend", lazy("fig_footprint", "measure_backend_load")),
         ("blender_draw", 11, "Panel draw cost in a real Blender GUI", lazy("fig_blender", "measure_draw")),
+        ("joiner_reply", 12, "Late-joiner reply with history, 10 and 500 services", lazy("fig_joiner", "measure_joiner")),
+        ("recovery", 13, "Recovery: backend port listening again → snapshot shows it up", lazy("fig_detection", "measure_recovery")),
+        ("auth_ingest", 14, "Ingest with local CURVE authentication on", lazy("fig_auth", "measure_auth_ingest")),
+        ("peer", 15, "Side by side with Prometheus blackbox_exporter", lazy("fig_peer", "measure_peer")),
     ]
 
 
