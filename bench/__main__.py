@@ -59,6 +59,13 @@ def _meta(mode: str) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
+        # The figures describe the code at that commit only if no tracked source differs from it
+        # (the files the bench itself writes do not count).
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":!README.md", ":!bench/results.json", ":!bench/plots"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        if commit and changed:
+            commit += " + uncommitted changes"
     except (OSError, subprocess.SubprocessError):
         commit = ""
     cpu = platform.processor() or platform.machine()

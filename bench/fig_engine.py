@@ -11,6 +11,7 @@ import inspect
 import math
 import pickle
 import random
+import statistics
 import time
 import tracemalloc
 from fractions import Fraction
@@ -201,11 +202,14 @@ def measure_memory(mode: Mode) -> Figure:
 # -- figure 7 ---------------------------------------------------------------------------
 def measure_snapshot(mode: Mode) -> Figure:
     fig = Figure("snapshot_cost", 7, "Snapshot build cost per service",
-                 target="< 50 µs per service; flat per service",
+                 target="< 50 µs per service, mean over a 10 s cycle (slot rebuilds included); flat per service",
                  how=("real Engine with N services each holding 1 h of probe traffic (fake clock; 5 fed, the rest "
-                      "pickled copies of them), one new sample per service before each call so no cache answers; time of "
-                      "record() for every service (the once-a-second snapshot publish) and of state('5m') (the "
-                      "late-joiner reply, with history), ÷ N; best of 3 calls per run, sizes interleaved in each run"))
+                      "pickled copies of them); a whole 10 s cycle of once-a-second publishes, one new sample per "
+                      "service before each, every publish timed (record() for every service ÷ N), so the publish "
+                      "that rebuilds the 1 h/24 h windows at the 10 s slot boundary is counted, not skipped; judged "
+                      "on the cycle's mean (what the aggregator really spends), median and max per publish reported; "
+                      "the late-joiner reply (state('5m'), with history) timed once per cycle; "
+                      "sizes interleaved in each run"))
     clock = Clock(1_700_000_000.0)
     engine = new_engine(clock)
     templates = [f"svc{i:04d}" for i in range(5)]
@@ -213,56 +217,60 @@ def measure_snapshot(mode: Mode) -> Figure:
     sizes = mode.snapshot_services
     everyone = clone_services(engine, templates, max(sizes)) if max(sizes) > len(templates) else templates
     full = dict(engine.services)
+    cycle = max(1, round(next(iter(full.values())).series.refresh))  # publishes per window-refresh slot
 
     def fresh(names: list[str]) -> None:
-        # A second passes and every service gets a new sample, as between two publishes:
-        # the engine's record cache cannot answer, so the real build cost is timed.
+        # A second passes and every service gets a new sample, as between two publishes.
         clock.t += 1.0
         for s in names:
             engine.ingest(Message(f"timing.{s}", "probe.bench", 1, clock.t, {
                 "service": s, "endpoint": "/queue", "duration_ms": 12.5, "ok": True, "error_kind": None}))
 
     def timed(names: list[str], fn) -> float:
-        best = float("inf")
-        for _ in range(3):
-            fresh(names)
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        return best * 1e6 / len(names)
+        fresh(names)
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e6 / len(names)
 
-    def one_size(n: int) -> tuple[float, float]:
+    def one_size(n: int) -> tuple[list[float], float]:
         names = everyone[:n]
         engine.services = {s: full[s] for s in names}  # exactly n services, same history each
         try:
-            return (timed(names, lambda: [engine.record(s) for s in names]),
-                    timed(names, lambda: engine.state("5m")))
+            publishes = [timed(names, lambda: [engine.record(s) for s in names]) for _ in range(cycle)]
+            return publishes, timed(names, lambda: engine.state("5m"))
         finally:
             engine.services = full
 
     # Sizes interleaved within every run, so a noisy neighbour hits all sizes alike.
-    results: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
+    results: dict[int, list[tuple[list[float], float]]] = {n: [] for n in sizes}
     for run in range(-mode.warmup, mode.runs):
         for n in sizes:
             r = one_size(n)
             if run >= 0:
                 results[n].append(r)
-    per_state, per_record = {}, {}
+    per_state, per_record, worst_publish, per_cycle = {}, {}, {}, {}
     for n in sizes:
         runs = results[n]
-        fig.metrics[f"snapshot_us_per_service_{n}"] = summary([r for r, _ in runs], "µs")
+        every = [p for publishes, _ in runs for p in publishes]
+        fig.metrics[f"snapshot_us_per_service_{n}"] = summary(every, "µs")
+        fig.metrics[f"cycle_mean_us_per_service_{n}"] = summary([statistics.fmean(p) for p, _ in runs], "µs")
+        per_cycle[n] = fig.metrics[f"cycle_mean_us_per_service_{n}"]["median"]
         fig.metrics[f"late_joiner_us_per_service_{n}"] = summary([s for _, s in runs], "µs")
         per_state[n] = fig.metrics[f"late_joiner_us_per_service_{n}"]["median"]
         per_record[n] = fig.metrics[f"snapshot_us_per_service_{n}"]["median"]
+        worst_publish[n] = fig.metrics[f"snapshot_us_per_service_{n}"]["max"]
+    fig.extra["publishes_per_cycle"] = cycle
     fig.extra["snapshot_us_per_service"] = per_record
+    fig.extra["snapshot_max_us_per_service"] = worst_publish
+    fig.extra["cycle_mean_us_per_service"] = per_cycle
     fig.extra["late_joiner_us_per_service"] = per_state
-    worst = max(per_record.values())
     big = [per_record[n] for n in per_record if n >= 10] or list(per_record.values())
     flat = max(big) / min(big)
     fig.extra["flatness"] = flat
-    fig.met = worst < 50 and flat < 2.0
-    fig.verdict = (", ".join(f"{per_record[n]:.1f} µs @ {n}" for n in sorted(per_record)) +
-                   " per service; late-joiner reply with 5 m history " +
+    fig.met = max(per_cycle.values()) < 50 and flat < 2.0
+    fig.verdict = (", ".join(f"{per_cycle[n]:.1f} (median {per_record[n]:.1f}, max {worst_publish[n]:.1f}) µs @ {n}"
+                             for n in sorted(per_record)) +
+                   f" per service, mean over a {cycle} s cycle; late-joiner reply with 5 m history " +
                    f"{min(per_state.values()):.0f}–{max(per_state.values()):.0f} µs per service")
     return fig
 

@@ -74,7 +74,8 @@ def table(figures: list[Figure]) -> str:
 def readme_section(meta: dict, figures: list[Figure], plots: list[str]) -> str:
     """Markdown for README.md between the bench markers (generated: do not edit by hand)."""
     out = [
-        f"Measured by `make bench` on {meta['when']} ({meta['machine']}); generated, do not edit by hand. "
+        f"Measured by `make bench` on {meta['when']} at commit `{meta.get('commit') or 'unknown'}` "
+        f"({meta['machine']}); generated, do not edit by hand. "
         "Each figure is the median of the measured runs (min–max and run count in "
         "[`bench/results.json`](bench/results.json)); ratios are against a baseline measured in the same run. "
         "What each figure means for you: [`bench/README.md`](bench/README.md).",

@@ -23,7 +23,8 @@ def test_short_soak_500_services(measured):
     measured.record("soak_short", section="Load and soak", order=10,
                     case="Shortened soak: 500 simulated services at 1 Hz for 45 s (tiers shrunk to 1s:10s, 5s:20s)",
                     required=f"RSS growth after warm-up < {TARGETS['rss_growth_pct']:g} %, no dropped events, "
-                             f"snapshot latency in target (p95 <= {TARGETS['snapshot_p95_ms']:g} ms)",
+                             f"snapshot p95 < {4 * TARGETS['snapshot_p95_ms']:g} ms on a shared test machine (4x the "
+                             f"{TARGETS['snapshot_p95_ms']:g} ms target, which `make soak` enforces)",
                     measured=f"{r['events_sent']:,} events ({r['events_per_s']:,}/s): {r['accepted']:,} accepted, "
                              f"0 dropped, 0 rejected; peak RSS {r['rss_peak_first_half_mib']} → "
                              f"{r['rss_peak_second_half_mib']} MiB ({r['rss_growth_pct']:+.1f} %), first vs. second "
