@@ -73,11 +73,10 @@ bench-quick: $(BENCH_STAMP)
 soak: $(TEST_STAMP)
 	MD_HEALTH_WRITE_DOCS=1 $(PY) -m bench.soak --record
 
-## Re-run the fault, bad-input and security tests and regenerate docs/reliability.md from them.
+## Re-run every test that records a figure (the `measured` fixture) and regenerate docs/reliability.md from them.
+RELIABILITY_TESTS = $(shell grep -l 'measured.record' tests/test_*.py)
 reliability: $(TEST_STAMP)
-	MD_HEALTH_WRITE_DOCS=1 $(PY) -m pytest -q tests/test_fuzz_*.py tests/test_reliability_*.py tests/test_security*.py tests/test_soak.py \
-	  tests/test_client_states.py tests/test_engine_clock.py tests/test_probe_runner.py tests/test_supervisor.py \
-	  tests/test_aggregator_cli.py
+	MD_HEALTH_WRITE_DOCS=1 $(PY) -m pytest -q $(RELIABILITY_TESTS)
 
 clean:
 	rm -rf $(VENV) $(VENV313) .pytest_cache build *.egg-info
