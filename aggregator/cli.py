@@ -1,4 +1,7 @@
-"""`md-health`: run the aggregator, look at its state, or start everything at once."""
+"""`md-health`: run the aggregator, look at its state, or start everything at once.
+
+Every JSON it prints is strict JSON (RFC 8259: no NaN or Infinity), so any parser reads it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +25,19 @@ def _endpoints(args) -> Endpoints:
     cfg = load(args.config)
     base = cfg.endpoints
     return Endpoints(args.events or base.events, args.snapshots or base.snapshots, args.requests or base.requests)
+
+
+def _print_json(value) -> int:
+    """Print strict JSON. A non-finite number cannot be written as JSON: say so instead of
+    printing `NaN`, which JSON.parse and other strict parsers refuse."""
+    try:
+        text = json.dumps(value, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError:
+        print("md-health: the aggregator's state holds a non-finite number (NaN or Infinity), "
+              "which JSON cannot carry; nothing printed", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -54,8 +70,8 @@ def cmd_status(args) -> int:
                   f"within {args.wait:g} s. Start it with `md-health run` or `make run`.", file=sys.stderr)
             return 1
         if args.json:
-            print(json.dumps({"services": client.services, "alerts": client.alerts,
-                              "persistence": client.aggregator.get("persistence")}, indent=2, sort_keys=True))
+            return _print_json({"services": client.services, "alerts": client.alerts,
+                                "persistence": client.aggregator.get("persistence")})
         else:
             print(render(client.services, online=True, color=sys.stdout.isatty(), alerts=client.alerts,
                          persistence=client.aggregator.get("persistence")))
@@ -130,7 +146,7 @@ def cmd_alerts(args) -> int:
         if not _require(client, args):
             return 1
         if args.json:
-            print(json.dumps(client.alerts, indent=2, sort_keys=True))
+            return _print_json(client.alerts)
         else:
             print(render_alerts(client.alerts))
     return 0
@@ -245,6 +261,34 @@ def _show_running(args, endpoints: Endpoints, held: list[str]) -> int:
     return cmd_watch(args, client=client)
 
 
+def cmd_auth(args, rest: list[str]) -> int:
+    """Local authentication and remote keys: bus.security's own commands (docs/security.md)."""
+    from bus import security
+
+    return security.main(rest, prog="md-health auth")
+
+
+def cmd_discover(args, rest: list[str]) -> int:
+    """Look for backends on their default ports: probes.discover's own command line (contract C5)."""
+    import importlib
+
+    try:
+        discover = importlib.import_module("probes.discover")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("probes.discover", "probes"):
+            raise  # discover itself is there but needs something missing: that traceback says what
+        print("md-health: discover is not available in this installation (probes/discover.py is missing)",
+              file=sys.stderr)
+        return 2
+    if args.config and "--config" not in rest:
+        rest = ["--config", args.config, *rest]
+    return discover.cli_main(rest)
+
+
+# Subcommands whose own parser reads the rest of the command line.
+PASS_THROUGH = {"auth": cmd_auth, "discover": cmd_discover}
+
+
 def _endpoint_args(args) -> list[str]:
     out = []
     for key in ("events", "snapshots", "requests"):
@@ -286,7 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     al = sub.add_parser("alerts", help="list active alerts")
     al.add_argument("--json", action="store_true", help="machine-readable output")
     al.add_argument("--wait", type=float, default=3.0, help="seconds to wait for the aggregator")
-    args = parser.parse_args(argv)
+    sub.add_parser("auth", add_help=False,
+                   help="local authentication: `auth init` switches it on, `auth status` checks it (docs/security.md)")
+    sub.add_parser("discover", add_help=False, help="find backends on their default ports (--json, --write)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command in PASS_THROUGH:
+        try:
+            return PASS_THROUGH[args.command](args, rest)
+        except ConfigError as exc:
+            print(f"md-health: {exc}", file=sys.stderr)
+            return 2
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     commands = {"run": cmd_run, "status": cmd_status, "watch": cmd_watch, "up": cmd_up, "export": cmd_export,
                 "compare": cmd_compare, "alerts": cmd_alerts}

@@ -265,10 +265,14 @@ def load(path: str | Path | None = None, *, text: str | None = None) -> Config:
             cfg.warnings.append(f"{where} holds an API key and other users can read it: run `chmod 600 {where}`, "
                                 "or move the key to its environment variable")
     cfg.sections = raw
-    from .security import setup_problem  # keys named by the environment: a clear error now, not a traceback later
+    from .security import curve_dir, loose_permissions, setup_problem  # late: security imports this module
 
-    if problem := setup_problem():
+    if problem := setup_problem():  # keys named by the environment: a clear error now, not a traceback later
         raise ConfigError(problem)
+    keys = curve_dir()
+    if keys is not None and loose_permissions(keys):
+        cfg.warnings.append(f"other users can read the CURVE keys in {keys}, so they could talk to the bus as you: "
+                            f"run `chmod -R go-rwx {keys}`")
     return cfg
 
 

@@ -14,8 +14,10 @@ subscribe nor inject events. The key folder, found in MD_HEALTH_CURVE_DIR or els
     client.key, client.key_secret   this machine's client key pair (probes, CLI, Blender)
     authorized/*.key                 public keys the aggregator accepts (the allow-list)
 
-`python -m bus.security init` creates the folder for the aggregator's machine;
-`python -m bus.security add-client NAME` makes the folder to copy to a remote box.
+`md-health auth init` (the same as `python -m bus.security init`) creates the folder for
+the aggregator's machine in the user's config folder, which switches local authentication
+on: every process of that user finds it there (it sits next to their config), another
+user does not. `md-health auth add-client NAME` makes the folder to copy to a remote box.
 """
 from __future__ import annotations
 
@@ -102,10 +104,10 @@ class Keys:
         return self.folder / "authorized"
 
 
-def setup_problem() -> str | None:
+def setup_problem(folder: Path | None = None) -> str | None:
     """Why the configured key folder cannot work, checked once at start-up (config load),
     so a bad MD_HEALTH_CURVE_DIR gives a clear error instead of a traceback later."""
-    folder = curve_dir()
+    folder = folder or curve_dir()
     if folder is None:
         return None
     if not folder.is_dir():
@@ -201,18 +203,43 @@ def secure(sock: zmq.Socket, endpoint: str, bind: bool) -> None:
 
 
 # -- key management -----------------------------------------------------------------
+# The key folder is the user's alone: the folder 700, every file in it 600 (the public
+# halves too, so nobody else even learns which keys are allowed). On Windows chmod only
+# sets the read-only flag; what protects the keys there is the ACL of the user's profile
+# folder (%LOCALAPPDATA%, where the config lives), which only that user, SYSTEM and
+# Administrators can open.
 def _private(path: Path) -> None:
     try:
-        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+        path.chmod(stat.S_IRWXU if path.is_dir() else stat.S_IRUSR | stat.S_IWUSR)
     except OSError:
-        pass  # Windows ACLs: the user's profile folder is already private
+        pass  # Windows ACLs: see above
+
+
+def _private_dir(folder: Path) -> Path:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private(folder)  # mkdir's mode is masked by the umask, and an existing folder keeps its own
+    return folder
 
 
 def _new_pair(folder: Path, name: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    _, secret_file = zmq.auth.create_certificates(str(folder), name)
+    _private_dir(folder)
+    public_file, secret_file = zmq.auth.create_certificates(str(folder), name)
+    _private(Path(public_file))
     _private(Path(secret_file))
     return Path(secret_file)
+
+
+def _copy(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+    _private(target)
+
+
+def loose_permissions(folder: Path) -> list[Path]:
+    """Files or folders in the key folder that other users can reach (POSIX bits only)."""
+    if os.name != "posix" or not folder.is_dir():
+        return []
+    paths = [folder, *folder.rglob("*")]
+    return [p for p in paths if p.stat().st_mode & 0o077]
 
 
 def default_dir() -> Path:
@@ -227,8 +254,8 @@ def init(folder: Path) -> None:
         raise SystemExit(f"{folder} already holds a server key; not overwriting it")
     _new_pair(folder, "server")
     _new_pair(folder, "client")
-    (folder / "authorized").mkdir(exist_ok=True)
-    shutil.copy(folder / "client.key", folder / "authorized" / "local.key")
+    _private_dir(folder / "authorized")
+    _copy(folder / "client.key", folder / "authorized" / "local.key")
 
 
 def add_client(folder: Path, name: str) -> Path:
@@ -238,27 +265,53 @@ def add_client(folder: Path, name: str) -> Path:
     out = folder / "clients" / name
     if out.exists():
         raise SystemExit(f"{out} exists already")
+    _private_dir(folder / "clients")
     _new_pair(out, "client")
-    shutil.copy(folder / "server.key", out / "server.key")  # the public half only
-    (folder / "authorized").mkdir(exist_ok=True)
-    shutil.copy(out / "client.key", folder / "authorized" / f"{name}.key")
+    _copy(folder / "server.key", out / "server.key")  # the public half only
+    _private_dir(folder / "authorized")
+    _copy(out / "client.key", folder / "authorized" / f"{name}.key")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bus.security", description="CURVE keys for the health bus.")
+def status(folder: Path | None) -> tuple[int, str]:
+    """`auth status`: whether local authentication is on, and anything wrong with its keys."""
+    if folder is None:
+        return 0, ("local authentication is off: every local process and user can read and publish on the bus. "
+                   "Switch it on with `md-health auth init` (docs/security.md).")
+    problem = setup_problem(folder)
+    if problem:
+        return 1, f"local authentication is configured in {folder} but cannot work: {problem}"
+    allowed = sorted(p.stem for p in (folder / "authorized").glob("*.key"))
+    lines = [f"local authentication is on: CURVE keys in {folder}; allowed clients: {', '.join(allowed) or 'none'}."]
+    loose = loose_permissions(folder)
+    if loose:
+        lines.append(f"warning: other users can reach {len(loose)} path(s) there, e.g. {loose[0]}: "
+                     f"run `chmod -R go-rwx {folder}`")
+    return (1 if loose else 0), "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m bus.security") -> int:
+    """The key commands; `md-health auth ...` is this same function."""
+    parser = argparse.ArgumentParser(prog=prog, description="CURVE keys for the health bus: local authentication, "
+                                     "and keys for probes or viewers on other machines.")
     parser.add_argument("--dir", type=Path, help=f"key folder (default: ${ENV_DIR}, else curve/ next to the config)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("init", help="create the aggregator machine's keys and allow-list")
+    sub.add_parser("init", help="switch local authentication on: create this machine's keys and allow-list")
+    sub.add_parser("status", help="say whether local authentication is on, and check its keys")
     add = sub.add_parser("add-client", help="create and allow a key for a remote probe or viewer")
     add.add_argument("name")
     rm = sub.add_parser("revoke", help="remove a client from the allow-list (restart the aggregator)")
     rm.add_argument("name")
     args = parser.parse_args(argv)
     folder = args.dir or default_dir()
+    if args.command == "status":
+        code, text = status(args.dir or curve_dir())
+        print(text)
+        return code
     if args.command == "init":
         init(folder)
-        print(f"created {folder}: server and local client keys; local client allowed.")
+        print(f"created {folder}: server and local client keys; local client allowed. Local authentication "
+              "is on: restart the aggregator, the probes and Blender's local monitor to use it.")
     elif args.command == "add-client":
         out = add_client(folder, args.name)
         print(f"created {out}: copy this folder to the remote machine and point {ENV_DIR} at it there.")
