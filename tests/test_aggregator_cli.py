@@ -163,3 +163,66 @@ def test_up_refuses_endpoints_held_by_another_program(endpoints):
     assert "nothing there answered as a Movie Director monitor" in err and endpoints.events in err
     assert "Nothing was started" in err and "Started" not in out and "Traceback" not in err
     assert seen_children == []
+
+
+def _strict_json(text: str):
+    """Python's json accepts NaN and Infinity; RFC 8259 (and JSON.parse) do not."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_status_json_is_strict_json_even_when_a_sender_put_nan_in_details(endpoints, procs, client):
+    """A forged status with NaN and Infinity nested in `details` (contract C7): whatever the
+    bus lets through, `md-health status --json` prints only strict JSON, never a traceback."""
+    from bus.protocol import Publisher
+    from bus.sockets import close, new_context, pub_socket
+
+    procs.aggregator()
+    ctx = new_context()
+    sock = pub_socket(ctx, endpoints.events)
+    pub = Publisher(sock, "probe.forged")
+    body = {"service": "forged", "kind": "test", "state": "connected", "url": "", "required": False,
+            "version": "", "capabilities": [], "error": "", "error_kind": "", "interval": 1.0, "timeout": 1.0,
+            "details": {"a": float("nan"), "queue_depth": float("inf"), "deep": [{"b": float("-inf")}]}}
+    try:
+        wait_for(lambda: client.has_snapshot, timeout=30, client=client)
+        # The forged status is either taken (old decoder) or refused and counted (one that checks
+        # every depth); either way the heartbeat's counters move once it has been handled.
+        def handled():
+            pub.send("status.forged", body)
+            bus = client.aggregator.get("bus") or {}
+            return "forged" in client.services or sum((bus.get("rejected") or {}).values()) > 0
+        wait_for(handled, timeout=30, client=client, every=0.2)
+    finally:
+        close(sock)
+        ctx.term()
+    out = _run("status", "--json", "--wait", "10")
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "NaN" not in out.stdout and "Infinity" not in out.stdout, out.stdout
+    if out.returncode == 0:
+        _strict_json(out.stdout)
+    else:
+        assert out.returncode == 2 and "non-finite" in out.stderr and out.stdout == "", out
+
+
+def test_discover_subcommand_passes_the_rest_of_the_line_to_probes_discover(monkeypatch, capsys):
+    """Contract C5: `md-health discover ...` is probes.discover.cli_main(rest), imported lazily;
+    without that module it says so plainly."""
+    import types
+
+    from aggregator import cli
+
+    monkeypatch.setitem(sys.modules, "probes.discover", None)  # as if probes/discover.py were absent
+    assert cli.main(["discover", "--json"]) == 2
+    assert "discover is not available" in capsys.readouterr().err
+
+    calls = []
+    fake = types.ModuleType("probes.discover")
+    fake.cli_main = lambda argv: calls.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "probes.discover", fake)
+    assert cli.main(["discover", "--host", "10.0.0.2", "--write", "--json", "-h"]) == 7
+    assert cli.main(["--config", "/x/config.toml", "discover", "--json"]) == 7
+    assert cli.main(["--config", "/x/config.toml", "discover", "--config", "/y.toml"]) == 7
+    assert calls == [["--host", "10.0.0.2", "--write", "--json", "-h"], ["--config", "/x/config.toml", "--json"],
+                     ["--config", "/y.toml"]]
