@@ -5,9 +5,21 @@ free model-listing endpoints are called.
   OpenAI      GET {base}/models                      Authorization: Bearer KEY   base .../v1
   Anthropic   GET {base}/v1/models?limit=&after_id=  x-api-key, anthropic-version: 2023-06-01
   Azure       GET {endpoint}/openai/models?api-version=2024-10-21              api-key: KEY
-  Ollama      GET /api/version, /api/tags, /api/ps (loaded models and their VRAM)
-  LM Studio   GET {base}/models                      base http://127.0.0.1:1234/v1
-  llama.cpp   GET /health (503 while loading), /v1/models
+  Ollama      GET /api/version, /api/tags, /api/ps (loaded models, VRAM, context), /api/status
+  LM Studio   GET /api/v1/models (0.4+, loaded_instances[]); older: GET {base}/models, base .../v1
+  llama.cpp   GET /health (503 "Loading model" while loading), /props (router or single model,
+              is_sleeping), then /models (router: per-model status) or /v1/models
+
+Alive but not ready (CheckResult.readiness), only where the backend's API says so:
+  loading   llama.cpp /health 503 "Loading model"; a router model "loading" or "downloading"
+  sleeping  llama.cpp /props is_sleeping, a router model "sleeping" or "unloaded" (the router
+            loads it on the next request); Ollama: the model is pulled but not in /api/ps (Ollama
+            loads on demand and unloads after keep_alive); LM Studio 0.4+: no loaded_instances
+            (loaded on the first request, "just in time")
+None of these requests loads or wakes a model: no `?model=` is ever sent to llama.cpp (its
+router would load that model to answer), and listing endpoints never count as use.
+The service's readiness is the active provider's (the one offering active_model, or
+active_provider); without one, ready when any usable provider is ready.
 
 Keys come from the environment (OPENAI_API_KEY, ANTHROPIC_API_KEY, AZURE_OPENAI_API_KEY or
 AZURE_API_KEY with AZURE_OPENAI_ENDPOINT) or from [llm.<provider>] api_key in the config.
@@ -22,7 +34,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,6 +54,16 @@ NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "azure": "Azure OpenAI", 
 DEFAULT_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com",
                 "ollama": "http://127.0.0.1:11434", "lmstudio": "http://127.0.0.1:1234/v1",
                 "llamacpp": "http://127.0.0.1:8080"}
+# llama-server listens on 8080 today and announces a move to 9931 ("ggml", llama.cpp PR #26508);
+# without a configured URL both are tried, in this order, and the first that answers is used.
+LLAMACPP_PORTS = ("http://127.0.0.1:8080", "http://127.0.0.1:9931")
+# Provider states. The first three are usable (the provider answers and can serve a request).
+USABLE = ("valid", "loading", "sleeping")
+MAX_ROUTER_MODELS = 50
+# A provider's answer that is a verdict, and the service's error_kind for it, most pressing first.
+# 529 is the provider's own state (overloaded), not the key's: its own kind.
+ERROR_KINDS = {"invalid": "auth", "spend_limit": "spend_limit", "failed": "model_failed",
+               "rate_limited": "rate_limited", "overloaded": "provider_overloaded"}  # router model states carried on the bus (the count stays exact)
 # Where a person puts the key or URL, named in error messages.
 KEY_HINT = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
             "azure": "AZURE_OPENAI_API_KEY (or AZURE_API_KEY)"}
@@ -109,6 +131,7 @@ class ProviderSettings:
     enabled: bool = True
     api_version: str = AZURE_API_VERSION
     problem: str = ""      # why it cannot be checked (e.g. Azure key without endpoint)
+    candidates: tuple[str, ...] = ()  # URLs to try in turn when none is configured (llama.cpp)
 
 
 def _ollama_url(host: str) -> str:
@@ -147,6 +170,8 @@ def resolve(section: dict[str, Any], env: dict[str, str] | None = None) -> dict[
             ps.url, ps.explicit = _ollama_url(env["OLLAMA_HOST"]), True
         elif name in ("lmstudio", "llamacpp") and env.get(f"MD_HEALTH_{name.upper()}_URL"):
             ps.url, ps.explicit = env[f"MD_HEALTH_{name.upper()}_URL"], True
+        elif name == "llamacpp" and not table.get("url"):
+            ps.candidates = LLAMACPP_PORTS
         ps.url = ps.url.rstrip("/")
         if name in KEY_HINT:
             ps.explicit = bool(ps.key)
@@ -159,7 +184,9 @@ def resolve(section: dict[str, Any], env: dict[str, str] | None = None) -> dict[
 @dataclass
 class Outcome:
     configured: bool
-    state: str                 # valid | invalid | rate_limited | unreachable | not_configured
+    # valid | loading | sleeping | invalid | rate_limited | spend_limit | overloaded | failed |
+    # unreachable | not_configured
+    state: str
     models: list[str] = field(default_factory=list)
     model_count: int | None = None
     retry_after: float | None = None
@@ -167,11 +194,22 @@ class Outcome:
     version: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     timings: list[Timing] = field(default_factory=list)
+    reason: str = ""           # why loading or sleeping, in the backend's words
+    url: str = ""              # where it answered, when that was one of several candidates
+
+    @property
+    def usable(self) -> bool:
+        return self.state in USABLE
+
+    @property
+    def readiness(self) -> str:
+        return self.state if self.state in ("loading", "sleeping") else ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"configured": self.configured, "state": self.state, "model_count": self.model_count,
                 "models": self.models[:MAX_IDS_ON_BUS], "retry_after": self.retry_after,
-                "error": redact(self.error), **({"version": self.version} if self.version else {}), **self.extra}
+                "error": redact(self.error), **({"version": self.version} if self.version else {}),
+                **({"readiness_reason": redact(self.reason)} if self.reason else {}), **self.extra}
 
 
 class _Stop(Exception):
@@ -187,57 +225,82 @@ def _retry_after(resp: Response) -> float | None:
         return None  # an HTTP date; rare for these APIs
 
 
-def _error_code(resp: Response) -> str:
-    """The provider's machine-readable error code or type, if it gave one (never its message)."""
+_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,60}")
+
+
+def _error_codes(resp: Response) -> tuple[str, str]:
+    """The provider's machine-readable error code or type, and Anthropic's
+    `error.details.error_code` (e.g. enforced_spend_limit_reached), if it gave them; never
+    its message, which can echo part of the key."""
     try:
         body = resp.json()
     except ProbeError:
-        return ""
+        return "", ""
     err = body.get("error") if isinstance(body, dict) else None
-    code = ""
+    code = detail = ""
     if isinstance(err, dict):
         code = err.get("code") or err.get("type") or ""
+        details = err.get("details")
+        if isinstance(details, dict):
+            detail = details.get("error_code") or ""
     elif isinstance(err, str):
         code = err
-    code = str(code)
-    return code if re.fullmatch(r"[A-Za-z0-9_.\-]{1,60}", code) else ""
+    code, detail = str(code), str(detail)
+    return (code if _CODE.fullmatch(code) else "", detail if _CODE.fullmatch(detail) else "")
+
+
+SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 
 
 class ProviderCheck:
     """One check of one provider; `get()` records timings and turns HTTP answers into outcomes."""
 
-    def __init__(self, ps: ProviderSettings, timeout: float) -> None:
+    def __init__(self, ps: ProviderSettings, timeout: float, active_model: str | None = None) -> None:
         self.ps = ps
         self.timeout = timeout
+        self.active_model = active_model
         self.name = NAMES[ps.name]
         self.timings: list[Timing] = []
 
-    def get(self, path: str, headers: dict[str, str] | None = None, ok_statuses=(200,)) -> Response:
+    def get(self, path: str, headers: dict[str, str] | None = None, ok_statuses=(200,),
+            base: str | None = None) -> Response:
         label = f"{self.ps.name} {path.split('?')[0]}"
         start = time.perf_counter()
         try:
-            resp = get(self.ps.url + path, self.timeout, headers=headers)
+            resp = get((self.ps.url if base is None else base) + path, self.timeout, headers=headers)
         except ProbeError as exc:
             self.timings.append(Timing(label, (time.perf_counter() - start) * 1000, False, exc.kind))
             hint = START_HINT.get(self.ps.name, "check your network and the base URL")
             raise _Stop(Outcome(True, "unreachable", error=f"{self.name}: {exc.message}; {hint}")) from None
-        ok = resp.status in ok_statuses
-        kind = None if ok else ("auth" if resp.status in (401, 403) else
-                                "rate_limited" if resp.status in (429, 529) else "http_status")
-        self.timings.append(Timing(label, resp.duration_ms, ok, kind))
-        if ok:
+        if resp.status in ok_statuses:
+            self.timings.append(Timing(label, resp.duration_ms, True, None))
             return resp
-        code = _error_code(resp)
+        code, detail_code = _error_codes(resp)
+        kind = ("auth" if resp.status in (401, 403) else
+                "spend_limit" if resp.status == 429 and detail_code == SPEND_LIMIT_CODE else
+                "rate_limited" if resp.status == 429 else
+                "provider_overloaded" if resp.status == 529 or code == "overloaded_error" else "http_status")
+        self.timings.append(Timing(label, resp.duration_ms, False, kind))
         detail = f"HTTP {resp.status}{', ' + code if code else ''}"
         if resp.status in (401, 403):
             where = KEY_HINT.get(self.ps.name, f"[llm.{self.ps.name}] api_key")
             raise _Stop(Outcome(True, "invalid", error=f"{self.name} rejected the API key ({detail}): "
                                 f"check {where}, or create a new key"))
-        if resp.status in (429, 529):
+        if resp.status == 429 and detail_code == SPEND_LIMIT_CODE:
+            # Anthropic's monthly spend cap: no retry-after, and waiting minutes will not lift it.
+            raise _Stop(Outcome(True, "spend_limit", error=f"{self.name}: spend limit reached (HTTP 429, "
+                                f"{SPEND_LIMIT_CODE}); requests stay refused until the limit is raised in the "
+                                "provider's console or the month resets, waiting will not help"))
+        if resp.status == 529 or code == "overloaded_error":
             ra = _retry_after(resp)
             wait = f"; retry after {ra:g} s" if ra is not None else ""
-            what = "is overloaded" if resp.status == 529 else "is rate limiting this key"
-            raise _Stop(Outcome(True, "rate_limited", retry_after=ra, error=f"{self.name} {what} ({detail}){wait}"))
+            raise _Stop(Outcome(True, "overloaded", retry_after=ra, error=f"{self.name} is overloaded ({detail}): "
+                                f"this is the provider's state, not your key's; try again later{wait}"))
+        if resp.status == 429:
+            ra = _retry_after(resp)
+            wait = f"; retry after {ra:g} s" if ra is not None else ""
+            raise _Stop(Outcome(True, "rate_limited", retry_after=ra,
+                                error=f"{self.name} is rate limiting this key ({detail}){wait}"))
         raise _Stop(Outcome(True, "unreachable", error=f"{self.name} answered {detail} for {path.split('?')[0]}; "
                             "check the base URL in [llm] or the provider's status page"))
 
@@ -289,36 +352,163 @@ class ProviderCheck:
         body = self.json(self.get(path, {"api-key": self.ps.key or ""}), "/openai/models")
         return self.valid(self.listing(body, "data", "id"))
 
+    def ready_as(self, models: list[str], loaded: set[str], reason_unloaded: str, **kw) -> Outcome:
+        """Valid, or sleeping where the model that matters is not loaded: the active model when
+        this provider lists it, else any model (nothing loaded at all means the first request waits)."""
+        wanted = _match(self.active_model, models)
+        if wanted is not None:
+            asleep = _match(wanted, sorted(loaded)) is None
+        else:
+            asleep = bool(models) and not loaded
+        o = self.valid(models, **kw)
+        if asleep:
+            o.state, o.reason = "sleeping", (f"{wanted} " if wanted else "no model ") + reason_unloaded
+        return o
+
     def check_ollama(self) -> Outcome:
         version = self.json(self.get("/api/version"), "/api/version")
         if not isinstance(version, dict) or "version" not in version:
             raise _Stop(Outcome(True, "unreachable", error="the server answered /api/version, but not as Ollama does"))
         models = self.listing(self.json(self.get("/api/tags"), "/api/tags"), "models", "name")
-        loaded: list[dict] = []
+        loaded: list[dict] | None = None
         vram = None
         try:
             ps = self.json(self.get("/api/ps"), "/api/ps")
             running = ps.get("models") if isinstance(ps, dict) else None
             if isinstance(running, list):
-                loaded = [{"name": m.get("name"), "size_vram": m.get("size_vram")} for m in running
-                          if isinstance(m, dict)]
+                loaded = [{"name": m.get("name"), "size_vram": m.get("size_vram"),
+                           "context_length": m.get("context_length"), "expires_at": m.get("expires_at")}
+                          for m in running[:MAX_ROUTER_MODELS] if isinstance(m, dict)]
                 sizes = [m["size_vram"] for m in loaded if isinstance(m["size_vram"], int)]
                 vram = sum(sizes) if loaded and len(sizes) == len(loaded) else (0 if not loaded else None)
         except _Stop:
             pass  # /api/ps is extra (older Ollama lacks it); the provider is judged by /api/tags
-        return self.valid(models, version=str(version["version"]), extra={"loaded": loaded, "vram_used_bytes": vram})
+        extra: dict[str, Any] = {"loaded": loaded or [], "vram_used_bytes": vram}
+        try:
+            # Newer Ollama: {"cloud": {"disabled": bool, "source": str}}. It says nothing about
+            # readiness; it is shown because cloud models vanish from use when it is disabled.
+            status = self.json(self.get("/api/status"), "/api/status")
+            cloud = status.get("cloud") if isinstance(status, dict) else None
+            if isinstance(cloud, dict) and isinstance(cloud.get("disabled"), bool):
+                extra["cloud_disabled"] = cloud["disabled"]
+        except _Stop:
+            pass  # older Ollama: 404
+        version_text = str(version["version"])[:40]
+        if loaded is None:  # cannot tell what is loaded: do not guess
+            return self.valid(models, version=version_text, extra=extra)
+        return self.ready_as(models, {str(m["name"]) for m in loaded},
+                             "is not loaded; Ollama loads it on the first request (it unloads after keep_alive)",
+                             version=version_text, extra=extra)
 
     def check_lmstudio(self) -> Outcome:
         headers = {"Authorization": f"Bearer {self.ps.key}"} if self.ps.key else None
-        return self.valid(self.listing(self.json(self.get("/models", headers), "/models"), "data", "id"))
+        root = self.ps.url[:-3] if self.ps.url.endswith("/v1") else self.ps.url
+        resp = self.get("/api/v1/models", headers, ok_statuses=(200, 404), base=root)
+        if resp.status == 200:
+            body = self.json(resp, "/api/v1/models")
+            items = body.get("models") if isinstance(body, dict) else None
+            if isinstance(items, list):  # LM Studio 0.4+
+                models, loaded, instances = [], set(), []
+                for m in items:
+                    if not isinstance(m, dict) or not isinstance(m.get("key"), str):
+                        continue
+                    models.append(m["key"])
+                    inst = m.get("loaded_instances")
+                    if isinstance(inst, list) and inst:
+                        loaded.add(m["key"])
+                        for i in inst[:4]:
+                            cfg = i.get("config") if isinstance(i, dict) else None
+                            instances.append({"model": m["key"], "id": str(i.get("id", ""))[:120] if isinstance(i, dict) else "",
+                                              "context_length": cfg.get("context_length") if isinstance(cfg, dict) else None})
+                return self.ready_as(models, loaded, "is not loaded; LM Studio loads it on the first request "
+                                     "(just-in-time loading, on by default)",
+                                     extra={"api": "v1", "loaded": instances[:MAX_ROUTER_MODELS]})
+        # Older LM Studio (before 0.4): the OpenAI-compatible list, which says nothing of loading.
+        return self.valid(self.listing(self.json(self.get("/models", headers), "/models"), "data", "id"),
+                          extra={"api": "openai"})
 
     def check_llamacpp(self) -> Outcome:
         headers = {"Authorization": f"Bearer {self.ps.key}"} if self.ps.key else None
         health = self.get("/health", headers, ok_statuses=(200, 503))
         if health.status == 503:
-            raise _Stop(Outcome(True, "unreachable", error="llama.cpp is still loading its model (HTTP 503); "
-                                "wait for it to finish"))
-        return self.valid(self.listing(self.json(self.get("/v1/models", headers), "/v1/models"), "data", "id"))
+            msg = _error_message(health)
+            if msg.lower() != "loading model":
+                raise _Stop(Outcome(True, "unreachable", error="llama.cpp answered /health with HTTP 503"
+                                    f"{' (' + msg + ')' if msg else ''}; see its console"))
+            # Still loading its model: alive, not ready. /models may not answer yet (older builds 503 it).
+            return Outcome(True, "loading", reason="llama.cpp: Loading model (/health HTTP 503)")
+        props = self.get("/props", headers, ok_statuses=(200, 404, 501))
+        info = {}
+        if props.status == 200:
+            body = self.json(props, "/props")
+            info = body if isinstance(body, dict) else {}
+        if info.get("role") == "router":
+            return self._llamacpp_router(headers)
+        o = self.valid(self.listing(self.json(self.get("/v1/models", headers), "/v1/models"), "data", "id"))
+        if info.get("is_sleeping") is True:
+            o.state, o.reason = "sleeping", "llama.cpp is sleeping (--sleep-idle-seconds); the next request reloads it"
+        return o
+
+    def _llamacpp_router(self, headers) -> Outcome:
+        """Router mode (llama-server without -m): one child server per model, each with a status
+        unloaded | loading | loaded | sleeping (newer builds also downloading | downloaded),
+        `failed` with an exit code when it could not load. Only GET /models is asked: a request
+        naming a model would load it."""
+        body = self.json(self.get("/models", headers), "/models")
+        items = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise _Stop(Outcome(True, "unreachable", error="llama.cpp router answered /models without a model list"))
+        states: dict[str, str] = {}
+        failed: dict[str, Any] = {}
+        for m in items:
+            if not isinstance(m, dict) or "id" not in m:
+                continue
+            st = m.get("status") if isinstance(m.get("status"), dict) else {}
+            name = str(m["id"])[:200]
+            states[name] = str(st.get("value", "unknown"))[:20]
+            if st.get("failed"):
+                failed[name] = st.get("exit_code")
+        models = list(states)
+        extra = {"mode": "router", "model_states": [{"id": n, "status": v, **({"failed": True} if n in failed else {})}
+                                                    for n, v in list(states.items())[:MAX_ROUTER_MODELS]]}
+        o = self.valid(models, extra=extra)
+        wanted = _match(self.active_model, models)
+        looked = [wanted] if wanted is not None else models
+        if wanted is not None and wanted in failed:
+            raise _Stop(Outcome(True, "failed", models=models, model_count=len(models), extra=extra,
+                                error=f"llama.cpp router: {wanted} failed to load (exit code {failed[wanted]}); "
+                                "see the router's console"))
+        values = {states[n] for n in looked}
+        if not looked or "loaded" in values:
+            return o
+        if values & {"loading", "downloading", "downloaded"}:
+            o.state, o.reason = "loading", f"llama.cpp router: {wanted or 'a model'} is loading"
+        elif values & {"sleeping", "unloaded"}:
+            o.state = "sleeping"
+            o.reason = (f"llama.cpp router: {wanted or 'no model is loaded'}"
+                        f"{' is ' + states[wanted] if wanted else ''}; the router loads it on the first request")
+        return o
+
+
+def _match(wanted: str | None, names: list[str]) -> str | None:
+    """The listed name for `wanted`: exact, or with Ollama's implied ":latest"."""
+    if not wanted:
+        return None
+    for n in names:
+        if n == wanted or n == f"{wanted}:latest" or wanted == f"{n}:latest":
+            return n
+    return None
+
+
+def _error_message(resp: Response) -> str:
+    """llama.cpp's own error message (its 503 says "Loading model"); short and plain only."""
+    try:
+        body = resp.json()
+    except ProbeError:
+        return ""
+    err = body.get("error") if isinstance(body, dict) else None
+    msg = err.get("message") if isinstance(err, dict) else None
+    return msg if isinstance(msg, str) and re.fullmatch(r"[\w .,:()'-]{1,80}", msg) else ""
 
 
 # -- the probe ---------------------------------------------------------------------------
@@ -353,14 +543,35 @@ class LLMProbe(Probe):
         held = self._held.get(ps.name)
         now = time.monotonic()
         if held and now < held[0]:
-            o = held[1]
-            return Outcome(True, o.state, o.models, o.model_count, round(held[0] - now, 1), o.error, o.version, o.extra)
-        outcome = ProviderCheck(ps, self.timeout).run()
+            return replace(held[1], retry_after=round(held[0] - now, 1), timings=[])
+        outcome = self._check_at(ps)
         if ps.name in LOCAL and not ps.explicit and outcome.state == "unreachable":
             # Auto-detection found nothing there: not a fault, just not in use.
             return Outcome(False, "not_configured", timings=outcome.timings)
-        if outcome.state == "rate_limited" and outcome.retry_after:
+        if outcome.state in ("rate_limited", "overloaded") and outcome.retry_after:
             self._held[ps.name] = (now + min(outcome.retry_after, 600.0), outcome)
+        return outcome
+
+    def _check_at(self, ps: ProviderSettings) -> Outcome:
+        """One check; with several candidate URLs, the first where something answers wins."""
+        if not ps.candidates:
+            return ProviderCheck(ps, self.timeout, self.active_model).run()
+        timings: list[Timing] = []
+        tried: list[tuple[str, Outcome]] = []
+        for url in ps.candidates:
+            outcome = ProviderCheck(replace(ps, url=url), self.timeout, self.active_model).run()
+            timings += outcome.timings
+            tried.append((url, outcome))
+            if outcome.state != "unreachable":
+                break
+        # Something that answered (even wrongly) says more than a refused port.
+        url, outcome = next((t for t in tried if t[1].state != "unreachable"), None) or next(
+            (t for t in tried if "refused" not in t[1].error), tried[0])
+        if all("refused" in o.error for _, o in tried):
+            ports = " or ".join(u.rsplit(":", 1)[-1] for u in ps.candidates)
+            outcome.error = (f"{NAMES[ps.name]}: nothing answers on port {ports}; {START_HINT[ps.name]}, "
+                             f"or set [llm.{ps.name}] url")
+        outcome.timings, outcome.url = timings, url
         return outcome
 
     def check(self) -> CheckResult:
@@ -372,25 +583,35 @@ class LLMProbe(Probe):
         for name, o in outcomes.items():
             result.timings += o.timings
             d = o.as_dict()
-            if o.configured and self.providers[name].url:
-                d["url"] = safe_url(self.providers[name].url)
+            url = o.url or self.providers[name].url
+            if o.configured and url:
+                d["url"] = safe_url(url)
             providers[name] = d
         configured = [n for n, o in outcomes.items() if o.configured]
-        valid = [n for n in configured if outcomes[n].state == "valid"]
+        usable = [n for n in configured if outcomes[n].usable]
         result.capabilities = configured
         active_provider, available = self._active(outcomes)
-        vram = outcomes["ollama"].extra.get("vram_used_bytes") if outcomes["ollama"].state == "valid" else None
+        ollama = outcomes["ollama"]
+        vram = ollama.extra.get("vram_used_bytes") if ollama.usable else None
         result.details = {
             "active_model": self.active_model,
             "active_provider": active_provider,
             "active_model_available": available,
             "providers": providers,
-            "resources": self.usage(vram, url=self.providers["ollama"].url if outcomes["ollama"].configured else ""),
+            "resources": self.usage(vram, url=(ollama.url or self.providers["ollama"].url) if ollama.configured else ""),
         }
-        versions = [f"{NAMES[n]} {outcomes[n].version}" for n in valid if outcomes[n].version]
+        versions = [f"{NAMES[n]} {outcomes[n].version}" for n in usable if outcomes[n].version]
         result.version = ", ".join(versions)
-        if valid:
+        if usable:
             result.healthy = True
+            # The service is as ready as the provider the add-on will use; with none chosen,
+            # ready when any usable provider is (the add-on can use that one).
+            deciding = [active_provider] if active_provider in usable else usable
+            states = {outcomes[n].readiness for n in deciding}
+            result.readiness = "" if "" in states else "loading" if "loading" in states else "sleeping"
+            if result.readiness:
+                result.details["readiness_reason"] = redact("; ".join(
+                    outcomes[n].reason for n in deciding if outcomes[n].reason))
             return result
         if not configured:
             result.reachable = True
@@ -399,11 +620,11 @@ class LLMProbe(Probe):
                             "AZURE_OPENAI_API_KEY with AZURE_OPENAI_ENDPOINT, or start Ollama, LM Studio or "
                             "llama.cpp (see docs/configuration.md, [llm])")
             return result
-        problems = [outcomes[n] for n in configured]
-        result.reachable = any(o.state in ("invalid", "rate_limited") for o in problems)
-        result.error_kind = ("auth" if any(o.state == "invalid" for o in problems) else
-                             "rate_limited" if result.reachable else "unreachable")
-        result.error = redact("; ".join(o.error for o in problems if o.error))
+        problems = {outcomes[n].state for n in configured}
+        # Something answered with a verdict (error) rather than nothing answering (disconnected).
+        result.reachable = bool(problems & set(ERROR_KINDS))
+        result.error_kind = next((ERROR_KINDS[s] for s in ERROR_KINDS if s in problems), "unreachable")
+        result.error = redact("; ".join(outcomes[n].error for n in configured if outcomes[n].error))
         return result
 
     def _active(self, outcomes: dict[str, Outcome]) -> tuple[str | None, bool | None]:
@@ -412,8 +633,8 @@ class LLMProbe(Probe):
         candidates = [self.active_provider] if self.active_provider else list(outcomes)
         for name in candidates:
             o = outcomes.get(name)
-            if o and o.state == "valid" and self.active_model in o.models:
+            if o and o.usable and _match(self.active_model, o.models) is not None:
                 return name, True
-        if any(outcomes[n].state == "valid" for n in candidates if n in outcomes):
+        if any(outcomes[n].usable and outcomes[n].models for n in candidates if n in outcomes):
             return self.active_provider, False
         return self.active_provider, None  # cannot tell while its provider is not answering

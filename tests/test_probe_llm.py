@@ -1,6 +1,9 @@
 """The llm probe against loopback fakes of OpenAI, Anthropic, Azure, Ollama, LM Studio and
 llama.cpp serving the real bodies, and key redaction checked with a planted key in the
-bus frames, the probe's log output and its error text."""
+bus frames, the probe's log output and its error text. The "alive but not ready" states
+(llama.cpp loading and sleeping, its router's model states, Ollama and LM Studio models not
+loaded) and Anthropic's spend limit and overload are driven by the fakes, one of them through a
+real probe process."""
 from __future__ import annotations
 
 import os
@@ -8,9 +11,10 @@ import sys
 
 import pytest
 
-from probes.llm import LLMProbe, redact, resolve
+from probes.llm import LLAMACPP_PORTS, LLMProbe, redact, resolve
 from tests.fakes.llm import (FAKE_KEY, FakeAnthropic, FakeAzureOpenAI, FakeLlamaCpp, FakeLMStudio, FakeOllama,
                              FakeOpenAI)
+from tests.fakes.base import free_port
 from tests.fakes.tap import BusTap
 
 LLM_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "AZURE_OPENAI_API_KEY",
@@ -63,15 +67,19 @@ def test_every_provider_valid_with_models(monkeypatch, fakes):
     # Three Anthropic models over pages of two: the probe followed has_more / last_id.
     assert p["anthropic"]["models"] == FakeAnthropic.models and fakes["anthropic"].hits["/v1/models"] == 2
     assert p["azure"]["model_count"] == 2
-    assert p["ollama"]["models"] == ["llama3.2:latest", "qwen2.5:7b"] and p["ollama"]["version"] == "0.5.7"
+    assert p["ollama"]["models"] == ["llama3.2:latest", "qwen2.5:7b"] and p["ollama"]["version"] == "0.12.3"
     assert p["ollama"]["vram_used_bytes"] == 2_019_393_189
+    assert p["ollama"]["loaded"][0]["context_length"] == 4096 and p["ollama"]["cloud_disabled"] is False
+    assert p["lmstudio"]["api"] == "v1" and p["lmstudio"]["loaded"][0]["context_length"] == 4096
+    assert r.readiness == "" and "readiness_reason" not in r.details
     assert r.details["resources"]["vram_used_bytes"] == 2_019_393_189
     assert p["lmstudio"]["model_count"] == 2 and p["llamacpp"]["model_count"] == 1
     assert r.details["active_model"] == "claude-opus-4-1-20250805"
     assert r.details["active_provider"] == "anthropic" and r.details["active_model_available"] is True
     assert sorted(r.capabilities) == sorted(p)
     assert {t.endpoint for t in r.timings} >= {"openai /models", "anthropic /v1/models", "azure /openai/models",
-                                               "ollama /api/tags", "ollama /api/ps", "llamacpp /health"}
+                                               "ollama /api/tags", "ollama /api/ps", "ollama /api/status",
+                                               "lmstudio /api/v1/models", "llamacpp /health", "llamacpp /props"}
 
 
 def test_nothing_configured_is_an_error_that_says_what_to_set():
@@ -105,14 +113,165 @@ def test_invalid_rate_limited_and_unreachable(monkeypatch, fakes):
     assert 0 < again["retry_after"] <= 7.0
 
 
-def test_llamacpp_loading_and_azure_without_endpoint(monkeypatch, fakes):
+def test_llamacpp_loading_then_ready_and_azure_without_endpoint(monkeypatch, fakes):
     fakes["llamacpp"].loading = True
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", FAKE_KEY)
-    r = probe({"autodetect": False, "llamacpp": {"url": fakes["llamacpp"].url}}).check()
+    pr = probe({"autodetect": False, "llamacpp": {"url": fakes["llamacpp"].url}})
+    r = pr.check()
     p = r.details["providers"]
-    assert p["llamacpp"]["state"] == "unreachable" and "loading" in p["llamacpp"]["error"]
+    # /health 503 {"error": {"message": "Loading model"}}: alive, not ready (never down).
+    assert p["llamacpp"]["state"] == "loading" and "Loading model" in p["llamacpp"]["readiness_reason"]
+    assert r.healthy and r.readiness == "loading" and "Loading model" in r.details["readiness_reason"]
     assert p["azure"]["state"] == "not_configured" and "AZURE_OPENAI_ENDPOINT" in p["azure"]["error"]
-    assert not r.healthy and not r.reachable  # nothing usable, nothing answered with a verdict: disconnected
+    fakes["llamacpp"].loading = False
+    r = pr.check()
+    assert r.healthy and r.readiness == "" and r.details["providers"]["llamacpp"]["state"] == "valid"
+    assert r.details["providers"]["llamacpp"]["model_count"] == 1
+
+
+def llamacpp_probe(fakes, **extra):
+    return probe({"autodetect": False, "llamacpp": {"url": fakes["llamacpp"].url}, **extra})
+
+
+def test_llamacpp_sleeping_single_model_is_read_without_waking_it(fakes):
+    fakes["llamacpp"].sleeping = True
+    r = llamacpp_probe(fakes).check()
+    assert r.healthy and r.readiness == "sleeping"
+    assert r.details["providers"]["llamacpp"]["state"] == "sleeping"
+    assert "sleep-idle-seconds" in r.details["readiness_reason"]
+    assert {path for path, _ in fakes["llamacpp"].queries} == {"/health", "/props", "/models"}
+    assert all("model" not in q for _, q in fakes["llamacpp"].queries)
+
+
+@pytest.mark.parametrize("status, readiness", [("loaded", ""), ("loading", "loading"), ("downloading", "loading"),
+                                               ("sleeping", "sleeping"), ("unloaded", "sleeping")])
+def test_llamacpp_router_model_states(fakes, status, readiness):
+    fake = fakes["llamacpp"]
+    fake.router = {"qwen3-8b": "loaded", "gemma-3-12b": status}
+    r = llamacpp_probe(fakes, active_model="gemma-3-12b").check()
+    p = r.details["providers"]["llamacpp"]
+    assert r.healthy and r.readiness == readiness, r.details
+    assert p["mode"] == "router" and p["models"] == ["qwen3-8b", "gemma-3-12b"]
+    assert {"id": "gemma-3-12b", "status": status} in p["model_states"]
+    assert r.details["active_provider"] == "llamacpp" and r.details["active_model_available"] is True
+    # Nothing the probe asked named a model, so the router loaded nothing: the state is as it was.
+    assert fake.router["gemma-3-12b"] == status and all("model" not in q for _, q in fake.queries)
+
+
+def test_llamacpp_router_without_active_model_and_a_failed_one(fakes):
+    fake = fakes["llamacpp"]
+    fake.router = {"a": "unloaded", "b": "sleeping"}
+    assert llamacpp_probe(fakes).check().readiness == "sleeping"
+    fake.router = {"a": "unloaded", "b": "loading"}
+    assert llamacpp_probe(fakes).check().readiness == "loading"
+    fake.router = {"a": "unloaded", "b": "loaded"}
+    assert llamacpp_probe(fakes).check().readiness == ""
+    fake.router, fake.failed = {"a": "unloaded"}, {"a": 1}
+    r = llamacpp_probe(fakes, active_model="a").check()
+    assert not r.healthy and r.reachable and r.error_kind == "model_failed"
+    assert r.details["providers"]["llamacpp"]["state"] == "failed" and "exit code 1" in r.error
+
+
+def test_llamacpp_tries_both_default_ports(fakes):
+    assert resolve({}, env={})["llamacpp"].candidates == LLAMACPP_PORTS == ("http://127.0.0.1:8080",
+                                                                              "http://127.0.0.1:9931")
+    assert resolve({"llamacpp": {"url": "http://127.0.0.1:7000"}}, env={})["llamacpp"].candidates == ()
+    assert resolve({}, env={"MD_HEALTH_LLAMACPP_URL": "http://127.0.0.1:7000"})["llamacpp"].candidates == ()
+    closed = f"http://127.0.0.1:{free_port()}"
+    pr = probe({"llamacpp": {"enabled": True}})
+    pr.providers["llamacpp"].candidates = (closed, fakes["llamacpp"].url)  # the old port empty, the new one up
+    r = pr.check()
+    p = r.details["providers"]["llamacpp"]
+    assert p["state"] == "valid" and p["url"] == fakes["llamacpp"].url
+    fakes["llamacpp"].stop()
+    p = pr.check().details["providers"]["llamacpp"]
+    assert p["state"] == "unreachable" and "nothing answers on port" in p["error"]
+
+
+def test_lmstudio_v1_loaded_instances_and_older_fallback(fakes):
+    fake = fakes["lmstudio"]
+    section = {"autodetect": False, "lmstudio": {"url": fake.url + "/v1"}, "active_model": "qwen2.5-7b-instruct"}
+    r = probe(section).check()
+    p = r.details["providers"]["lmstudio"]
+    assert r.healthy and r.readiness == "" and p["state"] == "valid" and p["api"] == "v1"
+    assert p["models"] == FakeLMStudio.models and fake.hits["/api/v1/models"] == 1 and "/v1/models" not in fake.hits
+    fake.loaded = set()  # unloaded by its idle TTL: LM Studio loads it again on the next request
+    r = probe(section).check()
+    assert r.healthy and r.readiness == "sleeping" and r.details["providers"]["lmstudio"]["state"] == "sleeping"
+    assert "qwen2.5-7b-instruct is not loaded" in r.details["readiness_reason"]
+    fake.native = False  # before 0.4: no /api/v1, the OpenAI-compatible list, which says nothing of loading
+    r = probe(section).check()
+    p = r.details["providers"]["lmstudio"]
+    assert r.healthy and r.readiness == "" and p["api"] == "openai" and p["model_count"] == 2
+
+
+def test_ollama_model_not_in_ps_is_sleeping(fakes):
+    fake = fakes["ollama"]
+    section = {"autodetect": False, "ollama": {"url": fake.url}}
+    r = probe({**section, "active_model": "llama3.2"}).check()  # Ollama's implied :latest
+    assert r.healthy and r.readiness == "" and r.details["active_model_available"] is True
+    r = probe({**section, "active_model": "qwen2.5:7b"}).check()
+    p = r.details["providers"]["ollama"]
+    assert r.healthy and r.readiness == "sleeping" and p["state"] == "sleeping"
+    assert "loads it on the first request" in p["readiness_reason"]
+    fake.loaded, fake.has_status = {}, False  # nothing loaded, and an Ollama without /api/status
+    r = probe(section).check()
+    p = r.details["providers"]["ollama"]
+    assert r.readiness == "sleeping" and p["vram_used_bytes"] == 0 and "cloud_disabled" not in p
+
+
+def test_readiness_is_the_active_providers(monkeypatch, fakes):
+    cloud_env(monkeypatch, fakes)
+    fakes["ollama"].loaded = {}
+    fakes["llamacpp"].loading = True
+    # No active model: OpenAI is ready, so the service is.
+    assert probe(local_section(fakes)).check().readiness == ""
+    # The add-on's model is Ollama's, and Ollama has it unloaded: sleeping, whatever OpenAI says.
+    assert probe(local_section(fakes, active_model="qwen2.5:7b")).check().readiness == "sleeping"
+    assert probe(local_section(fakes, active_provider="llamacpp")).check().readiness == "loading"
+    assert probe(local_section(fakes, active_model="gpt-4o")).check().readiness == ""
+
+
+def test_anthropic_spend_limit_and_overload(monkeypatch, fakes):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fakes["anthropic"].url)
+    fakes["anthropic"].spend_limited = True
+    pr = probe({"autodetect": False})
+    r = pr.check()
+    p = r.details["providers"]["anthropic"]
+    assert p["state"] == "spend_limit" and p["retry_after"] is None
+    assert "spend limit reached" in p["error"] and "rate limit" not in p["error"]
+    assert "waiting will not help" in p["error"]
+    assert not r.healthy and r.reachable and r.error_kind == "spend_limit"
+    assert [t.error_kind for t in r.timings] == ["spend_limit"]
+    # Not held back as a rate limit would be: the next check asks again.
+    hits = fakes["anthropic"].hits["/v1/models"]
+    pr.check()
+    assert fakes["anthropic"].hits["/v1/models"] == hits + 1
+    fakes["anthropic"].spend_limited, fakes["anthropic"].overloaded = False, True
+    r = pr.check()
+    p = r.details["providers"]["anthropic"]
+    assert p["state"] == "overloaded" and "the provider's state, not your key's" in p["error"]
+    assert r.error_kind == "provider_overloaded" and r.reachable and not r.healthy
+    assert "HTTP 529, overloaded_error" in r.error
+
+
+def test_llamacpp_loading_through_the_probe_process(endpoints, procs, tmp_path):
+    """The real probe process publishes `loading` while llama.cpp loads, then `connected`."""
+    with FakeLlamaCpp() as fake:
+        fake.loading = True
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(f'[llm]\nautodetect = false\n\n[llm.llamacpp]\nurl = "{fake.url}"\n')
+        tap = BusTap(endpoints)
+        try:
+            procs.probe("llm", "--interval", "0.3", env={"MD_HEALTH_CONFIG": str(cfg)})
+            st = tap.wait_state("loading", "llm", timeout=30)
+            assert st["details"]["providers"]["llamacpp"]["state"] == "loading" and st["error"] == ""
+            fake.loading = False
+            st = tap.wait_state("connected", "llm", timeout=30)
+            assert st["details"]["providers"]["llamacpp"]["state"] == "valid"
+        finally:
+            tap.close()
 
 
 def test_autodetect_finds_local_servers_and_ignores_absent_ones(monkeypatch, fakes):
