@@ -87,7 +87,7 @@ class Keys:
         path = self.folder / name
         if not path.exists():
             raise InsecureEndpoint(f"CURVE is configured ({self.folder}) but {path.name} is missing there; "
-                                   "see docs/security.md (python -m bus.security init / add-client)")
+                                   "see docs/security.md (md-health auth init / add-client)")
         return path
 
     def pair(self, name: str) -> tuple[bytes, bytes]:
@@ -188,7 +188,7 @@ def secure(sock: zmq.Socket, endpoint: str, bind: bool) -> None:
         if bind and not is_loopback(endpoint):
             raise InsecureEndpoint(
                 f"refusing to bind {endpoint} without CURVE: only loopback addresses are allowed in the clear. "
-                f"Set up keys (python -m bus.security init, docs/security.md) or bind 127.0.0.1.")
+                f"Set up keys (md-health auth init, docs/security.md) or bind 127.0.0.1.")
         return
     keys = Keys(folder)
     if bind:
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bus.security") ->
     if args.command == "init":
         init(folder)
         print(f"created {folder}: server and local client keys; local client allowed. Local authentication "
-              "is on: restart the aggregator, the probes and Blender's local monitor to use it.")
+              "is on: restart the aggregator, the probes and Blender to use it.")
     elif args.command == "add-client":
         out = add_client(folder, args.name)
         print(f"created {out}: copy this folder to the remote machine and point {ENV_DIR} at it there.")
