@@ -10,8 +10,8 @@ import threading
 from bus.config import ConfigError, _http_url, load
 from bus.lifeline import watch_stdin
 
-from .base import ProbeRunner
-from .registry import make_probe
+# The probe loop (zmq, http.client) and a probe's module are imported only by the command
+# that runs them: the supervisor of `run-all` starts no probe itself and stays small.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.get("flavour") == "llm":
         settings["llm"] = cfg.sections.get("llm") or {}
         settings["warnings"] = cfg.warnings
+    from .base import ProbeRunner
+    from .registry import make_probe
+
     try:
         probe = make_probe(args.service, settings)
     except ValueError as exc:

@@ -4,6 +4,11 @@ machine) and the host, via psutil. Anything that cannot be known is None, never 
 Finding "the process listening on port N" means scanning every socket of every process,
 which costs tens of milliseconds; the pid is therefore cached and only looked up again
 when that process is gone or stops listening, or after RESCAN_AFTER seconds.
+
+Resource use changes slowly and nobody reads it to the second, so it is sampled every
+SAMPLE_EVERY seconds, not at every status check (every 2 s): the readings between are the
+last ones, repeated. A value still unknown (None: nothing to compare with yet) is sampled
+again at the next check, so real figures arrive as soon as they can.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import psutil
 
 RESCAN_AFTER = 30.0  # seconds between full scans while no listener was found, and between
                      # re-checks that a found process still owns the port
+SAMPLE_EVERY = 10.0  # seconds between two real samples (status goes out every check)
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
 
 
@@ -53,7 +59,11 @@ class ResourceSampler:
     """Keeps psutil.Process objects between samples: cpu_percent is a difference between
     two calls, so the first sample of a process (or of the host) honestly says None."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, Any] | None = None  # the last real sample: process, host
+        self._sampled_at = -SAMPLE_EVERY
+        self._sampled_url = ""
         self._proc: psutil.Process | None = None
         self._port: int | None = None
         self._proc_primed = False
@@ -66,7 +76,7 @@ class ResourceSampler:
         if not parts.hostname or not is_local(parts.hostname):
             return None
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        now = time.monotonic()
+        now = self._clock()
         if self._proc is not None and self._port == port:
             try:
                 if not self._proc.is_running():
@@ -100,6 +110,18 @@ class ResourceSampler:
         return self._proc
 
     def sample(self, url: str, vram_used_bytes: int | None = None) -> dict[str, Any]:
+        """Resource use now; `vram_used_bytes` (read from the backend's own reply) is always current."""
+        now = self._clock()
+        last = self._last
+        if (last is not None and url == self._sampled_url and now - self._sampled_at < SAMPLE_EVERY
+                and last["host"]["cpu_percent"] is not None
+                and (last["process"] is None or last["process"]["cpu_percent"] is not None)):
+            return {"process": last["process"], "host": last["host"], "vram_used_bytes": vram_used_bytes}
+        self._last = self._measure(url)
+        self._sampled_at, self._sampled_url = now, url
+        return {**self._last, "vram_used_bytes": vram_used_bytes}
+
+    def _measure(self, url: str) -> dict[str, Any]:
         process = None
         proc = self._process(url) if url else None
         if proc is not None:
@@ -116,4 +138,4 @@ class ResourceSampler:
         host = {"cpu_percent": host_cpu if self._host_primed else None,
                 "ram_total": vm.total, "ram_used": vm.total - vm.available}
         self._host_primed = True
-        return {"process": process, "host": host, "vram_used_bytes": vram_used_bytes}
+        return {"process": process, "host": host}
