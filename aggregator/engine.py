@@ -123,7 +123,8 @@ class ServiceState:
         self.version = 0
         self.cache: tuple[int, dict[str, Any]] | None = None
         self.window_cache: dict[int, tuple[tuple, dict[str, Any]]] = {}  # tier -> (refresh slot, figures)
-        self.history_cache: dict[int, tuple[int, dict[str, list]]] = {}  # tier -> (head, closed columns)
+        self.history_cache: dict[int, HistoryColumns] = {}  # tier -> its closed buckets' history columns
+        self.history_out: dict[int, tuple[tuple, dict[str, Any]]] = {}  # tier -> (what it was built from, entry)
 
 
 class Engine:
@@ -587,8 +588,9 @@ class Engine:
         return {"by_model": by_model, "total_tokens": total_tokens, "cost_usd": cost,
                 "unpriced_models": unpriced, "since": svc.usage_since or None}
 
-    def state(self, history_range: str | None = "5m") -> dict[str, Any]:
-        """The full state a late joiner needs (without history when the range is None)."""
+    def state(self, history_range: str | None = "5m", points: int | None = None) -> dict[str, Any]:
+        """The full state a late joiner needs (without history when the range is None;
+        `points`: see history())."""
         out = {
             "services": {name: self.record(name) for name in self.services},
             "alerts": self.active_alerts(),
@@ -596,7 +598,7 @@ class Engine:
             "windows": [t.label for t in self._tier_template()],
         }
         if history_range is not None:
-            out["history"] = self.history(history_range)
+            out["history"] = self.history(history_range, points)
         return out
 
     def _tier_template(self) -> list[Tier]:
@@ -609,31 +611,65 @@ class Engine:
                 return i
         return None
 
-    def history(self, history_range: str = "5m") -> dict[str, Any]:
+    def history(self, history_range: str = "5m", points: int | None = None) -> dict[str, Any]:
+        """The trend columns a late joiner draws (contract C4, docs/protocol.md):
+
+            {"range": "5m", "step_s": 1.0,
+             "services": {svc: {"t0": wall seconds, "p50_ms": [...], "p95_ms": [...],
+                                "success_rate": [...], "up_ratio": [...]}}}
+
+        Point k of every column is the bucket that starts at t0 + k * step_s, oldest first,
+        the last one still open; a bucket with nothing to say is None (a gap), never left
+        out. `points` (>= 1) keeps only that many trailing points. up_ratio is the uptime
+        rule of the windows (up and degraded over up, degraded and down). Ratios that are
+        exactly 0 or 1 are the integers 0 and 1: msgpack writes them in one byte and a
+        decoder allocates nothing for them, and most 1 s buckets are all-up and all-ok.
+
+        The columns of the closed buckets are kept per service and tier and only extended
+        by the buckets closed since the last call, so a reply costs the open bucket plus a
+        few list copies per service. The lists are shared between calls: read them, do not
+        modify them."""
         i = self.tier_index(history_range)
         if i is None:
             i = 0
         step, keep = self.settings.tiers[i]
+        if points is not None:
+            points = max(1, int(points))
         out = {"range": label(keep), "step_s": step, "services": {}}
+        services = out["services"]
         for name, svc in self.services.items():
-            tier = svc.series.tiers[i]
-            hit = svc.history_cache.get(i)
-            oldest = tier.head - tier.filled + 1
-            if hit is None or not (oldest - 1 <= hit[0] <= tier.head):
-                closed = _columns(b for b in tier.buckets() if not b[2])
-            else:  # only the buckets closed since the last call are computed; expired ones drop off
-                closed = hit[1]
-                new = _columns((k * tier.step, tier.bucket_at(k % tier.n), False)
-                               for k in range(hit[0] + 1, tier.head + 1))
-                drop = len(closed["t"]) + len(new["t"]) - tier.filled
-                closed = {key: (closed[key][drop:] if drop > 0 else closed[key]) + new[key] for key in closed}
-            svc.history_cache[i] = hit = (tier.head, closed)
-            cols = {k: list(v) for k, v in hit[1].items()}
-            if tier.acc_k is not None:
-                for k, v in _columns([(tier.acc_k * tier.step, tier.acc, True)]).items():
-                    cols[k] += v
-            out["services"][name] = cols
+            services[name] = self._history_of(svc, i, points)
         return out
+
+    def _history_of(self, svc: ServiceState, i: int, points: int | None) -> dict[str, Any]:
+        series = svc.series
+        tier = series.tiers[i]
+        key = (tier.head, tier.acc_k, svc.version, series.credited, points)
+        done = svc.history_out.get(i)
+        if done is not None and done[0] == key:  # nothing changed since the last reply
+            return done[1]
+        closed = svc.history_cache.get(i)
+        oldest = tier.head - tier.filled + 1
+        if closed is None or not (oldest - 1 <= closed.last <= tier.head):
+            closed = svc.history_cache[i] = HistoryColumns(oldest)
+        closed.extend(tier, tier.head)  # the buckets closed since the last call
+        closed.drop_before(oldest)      # and those that left the ring
+        first, cols = closed.first, closed.cols
+        if tier.acc_k is None:
+            lists = [list(c) for c in cols]
+        elif not cols[0]:
+            first, lists = tier.acc_k, [[v] for v in _point(tier.acc, tier.acc.time)]
+        else:  # the open bucket is the one after the ring's newest (a hole would be None)
+            pad = [None] * max(0, tier.acc_k - closed.last - 1)
+            lists = [c + pad + [v] for c, v in zip(cols, _point(tier.acc, tier.acc.time))]
+        total = len(lists[0])
+        if points is not None and points < total:
+            lists = [c[total - points:] for c in lists]
+            first += total - points
+        entry: dict[str, Any] = {"t0": first * tier.step}
+        entry.update(zip(HISTORY_COLUMNS, lists))
+        svc.history_out[i] = (key, entry)
+        return entry
 
     def rows(self, tier: str, since_s: float, service: str | None = None) -> list[dict[str, Any]]:
         """Bucket rows for export (columns: docs/metrics.md). Raises ValueError on a bad tier/service."""
@@ -653,18 +689,61 @@ class Engine:
         return out
 
 
-def _columns(buckets) -> dict[str, list]:
-    cols: dict[str, list] = {"t": [], "p50_ms": [], "p95_ms": [], "success_rate": [], "up_ratio": []}
-    for start, agg, _open in buckets:
-        p50, p95 = sketch.quantiles(agg.bins, (0.5, 0.95))
-        count = agg.ok + agg.fail
-        known = agg.time[UP] + agg.time[DOWN]
-        cols["t"].append(start)
-        cols["p50_ms"].append(p50)
-        cols["p95_ms"].append(p95)
-        cols["success_rate"].append(agg.ok / count if count else None)
-        cols["up_ratio"].append(agg.time[UP] / known if known > 0 else None)
-    return cols
+HISTORY_COLUMNS = ("p50_ms", "p95_ms", "success_rate", "up_ratio")
+_MEDIAN_P95 = (0.5, 0.95)
+
+
+class HistoryColumns:
+    """The history columns (HISTORY_COLUMNS) of one tier's closed buckets `first`..`last`."""
+    __slots__ = ("first", "cols")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.cols: tuple[list, ...] = tuple([] for _ in HISTORY_COLUMNS)
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.cols[0]) - 1
+
+    def extend(self, tier: Tier, upto: int) -> None:
+        """Append the closed buckets after `last` up to bucket `upto`, read from the ring's
+        columns in place (no Agg is built for them)."""
+        p50s, p95s, oks, ups = self.cols
+        n, c_ok, c_fail, c_sk, c_time = tier.n, tier.c_ok, tier.c_fail, tier.c_sk, tier.c_time
+        for k in range(self.last + 1, upto + 1):
+            slot = k % n
+            blob = c_sk[slot]
+            p50, p95 = sketch.quantiles(dict(sketch.unpack(blob)), _MEDIAN_P95) if blob else (None, None)
+            ok = c_ok[slot]
+            p50s.append(p50)
+            p95s.append(p95)
+            oks.append(_ratio(ok, ok + c_fail[slot]))
+            ups.append(_up_ratio([c[slot] for c in c_time]))
+
+    def drop_before(self, oldest: int) -> None:
+        drop = oldest - self.first
+        if drop > 0:
+            for c in self.cols:
+                del c[:drop]
+            self.first = oldest
+
+
+def _point(agg: Agg, time: list[float]) -> tuple:
+    """An open bucket's history point (the order of HISTORY_COLUMNS)."""
+    p50, p95 = sketch.quantiles(agg.bins, _MEDIAN_P95)
+    return p50, p95, _ratio(agg.ok, agg.ok + agg.fail), _up_ratio(time)
+
+
+def _ratio(part: float, whole: float) -> float | int | None:
+    """part / whole; None when whole is 0; exactly 0 or 1 as the int (see Engine.history)."""
+    if whole <= 0:
+        return None
+    r = part / whole
+    return 1 if r == 1 else 0 if r == 0 else r
+
+
+def _up_ratio(time) -> float | int | None:
+    return _ratio(time[UP], time[UP] + time[DOWN])
 
 
 def bucket_row(service: str, tier: str, start: float, agg: Agg, is_open: bool) -> dict[str, Any]:

@@ -23,6 +23,9 @@ class Clock:
         return self.t
 
 
+HISTORY_COLUMNS = ("p50_ms", "p95_ms", "success_rate", "up_ratio")  # contract C4
+
+
 def msg(topic: str, body: dict, src: str = "probe.x") -> Message:
     return Message(topic, src, 1, 0.0, body)
 
@@ -232,8 +235,8 @@ def test_snapshot_state_history_and_cache():
     h = state["history"]
     assert h["range"] == "5m" and h["step_s"] == 1.0
     cols = h["services"]["x"]
-    assert set(cols) == {"t", "p50_ms", "p95_ms", "success_rate", "up_ratio"}
-    assert len(cols["t"]) == 31 and cols["t"] == sorted(cols["t"])
+    assert set(cols) == {"t0", "p50_ms", "p95_ms", "success_rate", "up_ratio"}
+    assert all(len(cols[c]) == 31 for c in HISTORY_COLUMNS)
     assert cols["p95_ms"][-2] == pytest.approx(100.0, rel=0.01) and cols["up_ratio"][-2] == 1.0
     for _ in range(400):  # the history is kept up to date incrementally: same as built afresh
         timing(engine, "x", 100.0 + clock.t % 7)
@@ -244,7 +247,8 @@ def test_snapshot_state_history_and_cache():
             engine.state("5m")
     kept = engine.history("5m")["services"]["x"]
     engine.services["x"].history_cache.clear()
-    assert engine.history("5m")["services"]["x"] == kept and len(kept["t"]) == 301
+    engine.services["x"].history_out.clear()
+    assert engine.history("5m")["services"]["x"] == kept and len(kept["p50_ms"]) == 301
     assert engine.state("1h")["history"]["step_s"] == 10.0
     assert engine.state("24h")["history"]["step_s"] == 60.0
     assert set(state["services"]["x"]["uptime"]) == {"5m", "1h", "24h"}
@@ -253,6 +257,53 @@ def test_snapshot_state_history_and_cache():
     # ... and a new event shows at once in the 5 m figures
     timing(engine, "x", 500.0)
     assert engine.record("x")["stats"]["max_ms"] == 500.0
+
+
+def test_history_is_t0_plus_k_steps_with_gaps_as_none_and_a_points_limit():
+    """Contract C4: point k of every column is the bucket starting at t0 + k * step_s; a
+    bucket without requests is None, never left out; `points` keeps the trailing ones."""
+    clock = Clock(1000.0)
+    engine = Engine(clock)
+    beat(engine)
+    status(engine, "x", "connected")
+    sent = {}  # bucket start -> the duration sent in it
+    for i in range(120):
+        if i % 3 == 0:  # two of every three seconds have no request
+            sent[clock.t] = 20.0 + i
+            timing(engine, "x", sent[clock.t])
+        clock.t += 1
+        beat(engine)
+        engine.tick()
+    for rng, step in (("5m", 1.0), ("1h", 10.0)):
+        h = engine.history(rng)
+        assert h["range"] == rng and h["step_s"] == step
+        entry = h["services"]["x"]
+        assert set(entry) == {"t0", *HISTORY_COLUMNS}
+        n = len(entry["p50_ms"])
+        assert all(len(entry[c]) == n for c in HISTORY_COLUMNS)
+        assert entry["t0"] == 1000.0 and n == int((clock.t - 1000.0) // step) + 1  # the open one is last
+    entry = engine.history("5m")["services"]["x"]
+    for k, p50 in enumerate(entry["p50_ms"]):
+        start = entry["t0"] + k * 1.0
+        if start in sent:
+            assert p50 == pytest.approx(sent[start], rel=0.01) and entry["success_rate"][k] == 1
+        else:
+            assert p50 is None and entry["p95_ms"][k] is None and entry["success_rate"][k] is None
+        assert entry["up_ratio"][k] == (1 if k < len(entry["p50_ms"]) - 1 else None)  # the open one: no time yet
+    last = engine.history("5m", points=7)["services"]["x"]
+    assert all(last[c] == entry[c][-7:] for c in HISTORY_COLUMNS)
+    assert last["t0"] == entry["t0"] + (len(entry["p50_ms"]) - 7) * 1.0
+    assert engine.state("5m", points=1)["history"]["services"]["x"]["t0"] == clock.t // 1
+    big = engine.history("5m", points=10_000)["services"]["x"]
+    assert big == entry
+    # Once the ring is full, the oldest points leave and t0 moves with them.
+    for _ in range(400):
+        clock.t += 1
+        beat(engine)
+        engine.tick()
+    full = engine.history("5m")["services"]["x"]
+    assert len(full["p50_ms"]) == 301 and full["t0"] == clock.t // 1 - 300
+    assert full["up_ratio"][-2] == 1 and full["p50_ms"][-2] is None
 
 
 def test_coarse_windows_refresh_per_period_and_at_every_state_change():

@@ -98,7 +98,9 @@ def history_t(asker) -> list[float]:
     assert asker.poll(20_000), "no snapshot reply"
     msg = decode(asker.recv(), max_bytes=MAX_REPLY_BYTES)
     assert msg, msg
-    return msg.body["state"]["history"]["services"]["x"]["t"]
+    history = msg.body["state"]["history"]
+    entry = history["services"]["x"]
+    return [entry["t0"] + k * history["step_s"] for k in range(len(entry["p50_ms"]))]
 
 
 def test_wall_clock_stepped_back_and_forward_an_hour(aggregator, client, measured):
