@@ -146,8 +146,7 @@ class MonitorClient:
         rid = self._request(op, body)
         if rid is not None:
             self._asked[rid] = None
-            while len(self._asked) > MAX_REPLIES:  # replies that never came
-                del self._asked[next(iter(self._asked))]
+            _trim(self._asked, MAX_REPLIES)  # replies that never came
         return rid
 
     def refresh(self, service: str | None = None) -> str | None:
@@ -252,8 +251,7 @@ class MonitorClient:
         if body.get("deleted") is True:  # the aggregator expired it (contract 1)
             self._service_seq.pop(name, None)
             self._gone[name] = msg.seq
-            while len(self._gone) > MAX_SERVICES:
-                del self._gone[next(iter(self._gone))]
+            _trim(self._gone, MAX_SERVICES)
             return self.services.pop(name, None) is not None
         if name not in self.services and len(self.services) >= MAX_SERVICES:
             self.refused += 1
@@ -276,9 +274,7 @@ class MonitorClient:
         if isinstance(rid, str) and rid in self._asked:  # only answers to what we asked are kept
             del self._asked[rid]
             self.replies[rid] = body
-            while len(self.replies) > MAX_REPLIES:  # never claimed by the caller
-                del self.replies[next(iter(self.replies))]
-                self.refused += 1
+            self.refused += _trim(self.replies, MAX_REPLIES)  # never claimed by the caller
         return False
 
     def _on_snapshot(self, body: dict[str, Any]) -> bool:
@@ -331,6 +327,14 @@ class MonitorClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _trim(entries: dict, cap: int) -> int:
+    """Drop the oldest entries (dicts keep insertion order) beyond `cap`; returns how many."""
+    over = len(entries) - cap
+    for key in list(itertools.islice(entries, max(over, 0))):
+        del entries[key]
+    return max(over, 0)
 
 
 def _text(value: Any) -> str | None:
