@@ -691,6 +691,11 @@ class Engine:
 
 HISTORY_COLUMNS = ("p50_ms", "p95_ms", "success_rate", "up_ratio")
 _MEDIAN_P95 = (0.5, 0.95)
+# A closed bucket's packed bins -> its (p50, p95). Few distinct blobs occur (a probe's
+# latencies fill a few bins, a second's bucket holds one or two samples), so this makes the
+# first history of hundreds of services (after a restart) cost a lookup per bucket.
+_QUANTILES_OF_BLOB: dict[bytes, list] = {}
+_QUANTILES_MEMO_SIZE = 50_000
 
 
 class HistoryColumns:
@@ -709,16 +714,27 @@ class HistoryColumns:
         """Append the closed buckets after `last` up to bucket `upto`, read from the ring's
         columns in place (no Agg is built for them)."""
         p50s, p95s, oks, ups = self.cols
-        n, c_ok, c_fail, c_sk, c_time = tier.n, tier.c_ok, tier.c_fail, tier.c_sk, tier.c_time
+        n, c_ok, c_fail, c_sk = tier.n, tier.c_ok, tier.c_fail, tier.c_sk
+        c_up, c_down = tier.c_time[UP], tier.c_time[DOWN]
+        memo = _QUANTILES_OF_BLOB
         for k in range(self.last + 1, upto + 1):
             slot = k % n
             blob = c_sk[slot]
-            p50, p95 = sketch.quantiles(dict(sketch.unpack(blob)), _MEDIAN_P95) if blob else (None, None)
+            if blob is None:
+                p50 = p95 = None
+            else:
+                q = memo.get(blob)
+                if q is None:
+                    if len(memo) >= _QUANTILES_MEMO_SIZE:
+                        memo.clear()
+                    q = memo[blob] = sketch.quantiles(dict(sketch.unpack(blob)), _MEDIAN_P95)
+                p50, p95 = q
             ok = c_ok[slot]
+            up = c_up[slot]
             p50s.append(p50)
             p95s.append(p95)
             oks.append(_ratio(ok, ok + c_fail[slot]))
-            ups.append(_up_ratio([c[slot] for c in c_time]))
+            ups.append(_ratio(up, up + c_down[slot]))
 
     def drop_before(self, oldest: int) -> None:
         drop = oldest - self.first
