@@ -1,12 +1,24 @@
-"""ComfyUI probe: /system_stats for identity, devices and RAM, /queue for depth, /history
-for job processing time, and a held WebSocket on /ws for instant news.
+"""ComfyUI probe: /system_stats for identity, devices and RAM, /queue for what runs and
+waits, the job API (or /history on older builds) for job processing time and failed jobs,
+and a held WebSocket on /ws for instant news.
 
-Response shapes (ComfyUI server.py, execution.py): /system_stats -> {"system": {...},
-"devices": [...]}; /queue -> {"queue_running": [...], "queue_pending": [...]};
-/history?max_items=N -> {prompt_id: {"status": {"messages": [[event, {"timestamp": ms,
-...}], ...]}, ...}} (timestamps only in newer builds); /ws sends {"type": "status",
-"data": {"status": {"exec_info": {"queue_remaining": N}}, "sid": ...}} on connect and on
-every queue change, and closes the instant ComfyUI dies.
+Response shapes (ComfyUI server.py, execution.py, comfy_execution/jobs.py):
+/system_stats -> {"system": {...}, "devices": [{"name", "type", "index", "vram_total",
+"vram_free", "torch_vram_total", "torch_vram_free"}, ...]} (newer builds list every GPU,
+the primary first); /queue -> {"queue_running": [...], "queue_pending": [...]};
+/api/jobs?status=completed,failed&limit=N -> {"jobs": [{"id", "status" (pending |
+in_progress | completed | failed), "create_time", "execution_start_time",
+"execution_end_time" (ms), "execution_error", ...}], "pagination": {"offset", "limit",
+"total", "has_more"}} on builds that have the job API (404 on older ones);
+/history?max_items=N -> {prompt_id: {"status": {"status_str", "messages": [[event,
+{"timestamp": ms, ...}], ...]}, ...}} (timestamps only in newer builds), which the job API
+itself is built from; /ws sends {"type": "status", "data": {"status": {"exec_info":
+{"queue_remaining": N}}, "sid": ...}} on connect and on every queue change, and closes the
+instant ComfyUI dies.
+
+The probe only reads: it never POSTs a prompt, so it never sends a prompt_id (newer
+ComfyUI refuses one that is not a lowercase UUID). The WebSocket's clientId is a UUID of
+its own and names only the socket.
 
 The socket lives in a thread of its own (the `websockets` sync client blocks) and talks to
 the probe loop only through an inproc PAIR socket, because zmq sockets are not
@@ -28,8 +40,10 @@ from .http import ProbeError
 
 log = logging.getLogger("probes.comfyui")
 
-HISTORY_ITEMS = 5
-HISTORY_EVERY = 30.0  # seconds; /history is also read whenever the queue shrinks
+HISTORY_ITEMS = 5  # finished jobs read at a time
+HISTORY_EVERY = 30.0  # seconds; the jobs are also read whenever the queue shrinks
+MAX_DEVICES = 16
+MAX_TEXT = 200  # characters of a name or error message a status carries
 _pair_ids = itertools.count()
 
 
@@ -99,30 +113,79 @@ class SocketWatcher(threading.Thread):
             out.send_json({"event": "execution", "type": kind, "data": data})
 
 
-def job_time(history: dict) -> tuple[str | None, float | None]:
-    """(prompt_id, ms) of the most recently finished job with timestamps, else (None, None)."""
-    best: tuple[float, str, float] | None = None
+FINISHED = ("execution_success", "execution_error", "execution_interrupted")
+
+
+def history_jobs(history: dict) -> list[dict]:
+    """/history in the shape of /api/jobs' finished jobs, as comfy_execution/jobs.py's
+    normalize_history_item builds it, so older builds are read the same way."""
+    jobs = []
     for prompt_id, item in history.items() if isinstance(history, dict) else ():
-        messages = ((item or {}).get("status") or {}).get("messages") or []
-        start = end = None
-        for entry in messages:
-            if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], dict)):
+        status = (item or {}).get("status") if isinstance(item, dict) else None
+        status = status if isinstance(status, dict) else {}
+        job = {"id": prompt_id, "status": "failed" if status.get("status_str") == "error" else "completed"}
+        messages = status.get("messages")
+        for entry in messages if isinstance(messages, list) else ():
+            if not (isinstance(entry, (list, tuple)) and len(entry) >= 2 and isinstance(entry[1], dict)):
                 continue
-            event, ts = entry[0], entry[1].get("timestamp")
-            if not isinstance(ts, (int, float)):
-                continue
+            event, data = entry[0], entry[1]
             if event == "execution_start":
-                start = ts
-            elif event in ("execution_success", "execution_error", "execution_interrupted"):
-                end = ts
-        if start is not None and end is not None and end >= start and (best is None or end > best[0]):
-            best = (end, prompt_id, float(end - start))
-    return (best[1], best[2]) if best else (None, None)
+                job["execution_start_time"] = data.get("timestamp")
+            elif event in FINISHED:
+                job["execution_end_time"] = data.get("timestamp")
+                if event == "execution_error":
+                    job["execution_error"] = data
+        jobs.append(job)
+    return jobs
+
+
+def _ms(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def latest_job(jobs: list) -> dict | None:
+    """The most recently finished job that has both execution times:
+    {"id", "status", "ms", "error"} (error: ComfyUI's exception_message, bounded), else None."""
+    best = None
+    for job in jobs if isinstance(jobs, list) else ():
+        if not isinstance(job, dict) or job.get("status") not in ("completed", "failed"):
+            continue
+        start, end = _ms(job.get("execution_start_time")), _ms(job.get("execution_end_time"))
+        if start is None or end is None or end < start or (best is not None and end <= best[0]):
+            continue
+        err = job.get("execution_error")
+        message = err.get("exception_message") if isinstance(err, dict) else None
+        best = (end, {"id": str(job.get("id"))[:MAX_TEXT], "status": job["status"], "ms": end - start,
+                      "error": message[:MAX_TEXT] if isinstance(message, str) else None})
+    return best[1] if best else None
+
+
+def failed_count(jobs: list) -> int:
+    return sum(1 for j in jobs if isinstance(j, dict) and j.get("status") == "failed") if isinstance(jobs, list) else 0
+
+
+def device_list(devices: list) -> list[dict]:
+    """Contract C3: every device of /system_stats, primary first as ComfyUI lists them."""
+    out = []
+    for d in devices[:MAX_DEVICES]:
+        if not isinstance(d, dict):
+            continue
+        index = d.get("index")
+        out.append({
+            "name": str(d.get("name", "?"))[:MAX_TEXT], "type": str(d.get("type", "?"))[:32],
+            "index": index if isinstance(index, int) and not isinstance(index, bool) else None,
+            "vram_total": _bytes(d.get("vram_total")), "vram_free": _bytes(d.get("vram_free")),
+        })
+    return out
+
+
+def _bytes(value) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
 
 
 class ComfyUIProbe(Probe):
     kind = "comfyui"
-    hint = "Start it with `python main.py` in your ComfyUI folder."
+    hint = "Start it with python main.py in your ComfyUI folder."
 
     def __init__(self, service: str, settings: dict) -> None:
         super().__init__(service, settings)
@@ -131,7 +194,9 @@ class ComfyUIProbe(Probe):
         self.ws_queue_remaining: int | None = None
         self._last_depth: int | None = None
         self._history_at = 0.0
-        self._job: tuple[str | None, float | None] = (None, None)
+        self._job: dict | None = None  # the latest finished job with times
+        self._failed: int | None = None  # failed among the last HISTORY_ITEMS finished
+        self._jobs_api: bool | None = None  # None: not known yet (asked again after a failure)
 
     @property
     def display_name(self) -> str:
@@ -201,19 +266,19 @@ class ComfyUIProbe(Probe):
                 raise ProbeError("wrong_service", f"{self.url}/queue is not a ComfyUI queue")
         except ProbeError as exc:
             self._last_depth = None
+            self._jobs_api = None  # what comes back may be another build
             return self.fail(exc, result)
 
-        running = q.get("queue_running") or []
-        pending = q.get("queue_pending") or []
+        running = q.get("queue_running")
+        pending = q.get("queue_pending")
+        running = running if isinstance(running, list) else []
+        pending = pending if isinstance(pending, list) else []
         depth = len(running) + len(pending)
-        devices = [
-            {"name": d.get("name", "?"), "type": d.get("type", "?"),
-             "vram_total": d.get("vram_total"), "vram_free": d.get("vram_free")}
-            for d in data["devices"] if isinstance(d, dict)
-        ]
+        devices = device_list(data["devices"])
         self._read_history(result, depth)
+        job = self._job
         vram_used = None
-        sized = [d for d in devices if isinstance(d["vram_total"], int) and isinstance(d["vram_free"], int)
+        sized = [d for d in devices if d["vram_total"] is not None and d["vram_free"] is not None
                  and d["type"] != "cpu"]
         if sized:
             vram_used = sum(d["vram_total"] - d["vram_free"] for d in sized)
@@ -228,18 +293,24 @@ class ComfyUIProbe(Probe):
             "ram_free": system.get("ram_free"),
             "devices": devices,
             "queue_running": len(running),
-            "queue_pending": len(pending),
+            "queue_waiting": len(pending),
+            "queue_pending": len(pending),  # the older name of queue_waiting, still read by the add-on
             "queue_depth": depth,
-            "job_time_ms": self._job[1],
-            "last_job_id": self._job[0],
+            "job_time_ms": job["ms"] if job else None,
+            "last_job_id": job["id"] if job else None,
+            "last_job_status": job["status"] if job else None,
+            "last_job_error": job["error"] if job else None,
+            "recent_failed_jobs": self._failed,
+            "jobs_api": self._jobs_api,
             "websocket": self.ws_connected,
             "resources": self.usage(vram_used),
         }
         return result
 
     def _read_history(self, result: CheckResult, depth: int) -> None:
-        """Job time from /history, read when a job may have finished (the queue shrank) or
-        now and then; it is the only place a passive client sees execution timestamps."""
+        """Finished jobs, read when one may have finished (the queue shrank) or now and
+        then: from /api/jobs where the build has it, else from /history, which is the only
+        other place a passive client sees execution times."""
         now = time.monotonic()
         due = self._last_depth is None or depth < self._last_depth or now - self._history_at > HISTORY_EVERY
         self._last_depth = depth
@@ -247,10 +318,22 @@ class ComfyUIProbe(Probe):
             return
         self._history_at = now
         try:
-            resp = self.timed_get(result, f"/history?max_items={HISTORY_ITEMS}")
-            if resp.status == 200:
-                found = job_time(resp.json())
-                if found[0] is not None:
+            jobs = None
+            if self._jobs_api is not False:
+                resp = self.timed_get(result, f"/api/jobs?status=completed,failed&limit={HISTORY_ITEMS}")
+                body = resp.json() if resp.status == 200 else None
+                if isinstance(body, dict) and isinstance(body.get("jobs"), list):
+                    self._jobs_api, jobs = True, body["jobs"]
+                elif resp.status == 404:
+                    self._jobs_api = False  # an older build: /history from now on
+            if jobs is None:  # no job API, or it answered oddly this time
+                resp = self.timed_get(result, f"/history?max_items={HISTORY_ITEMS}")
+                if resp.status == 200:
+                    jobs = history_jobs(resp.json())
+            if jobs is not None:
+                self._failed = failed_count(jobs[:HISTORY_ITEMS])
+                found = latest_job(jobs)
+                if found is not None:
                     self._job = found
         except ProbeError:
-            pass  # job time is a nicety; the service is judged by /system_stats and /queue
+            pass  # job times are a nicety; the service is judged by /system_stats and /queue

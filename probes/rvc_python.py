@@ -13,7 +13,7 @@ from .http import ProbeError
 
 class RVCPythonProbe(Probe):
     kind = "rvc"
-    hint = "Start it with `python -m rvc_python api -p 5050` (and set services.rvc.url to that port)."
+    hint = "Start it with python -m rvc_python api -p 5050 (and set services.rvc.url to that port)."
 
     @property
     def display_name(self) -> str:
@@ -41,7 +41,8 @@ class RVCPythonProbe(Probe):
         result.details = {
             "models": [m for m in models if isinstance(m, str)],
             "params": p if isinstance(p, dict) else None,
-            "queue_depth": None,  # rvc-python has no queue to ask about
+            # rvc-python has no queue to ask about: unknown, not 0 (contract C2).
+            "queue_running": None, "queue_waiting": None, "queue_depth": None,
             "resources": self.usage(),
         }
         return result

@@ -1,12 +1,13 @@
-"""ComfyUI probe against the fake ComfyUI: real HTTP, a real WebSocket, real ZeroMQ."""
+"""ComfyUI probe against the fake ComfyUI: real HTTP, a real WebSocket, real ZeroMQ; the
+job API of newer builds and /history of older ones, and every GPU of /system_stats."""
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from probes.comfyui import ComfyUIProbe, job_time
-from tests.fakes.comfyui import FakeComfyUI
+from probes.comfyui import ComfyUIProbe, history_jobs, latest_job
+from tests.fakes.comfyui import RTX_3090, RTX_4090, FakeComfyUI
 from tests.fakes.tap import BusTap, RunnerThread
 
 
@@ -21,34 +22,90 @@ def settings(url, **kw):
     return {"url": url, "interval": 0.5, "timeout": 1.0, **kw}
 
 
-def test_check_reads_system_stats_queue_and_job_time():
-    with FakeComfyUI() as fake:
+@pytest.mark.parametrize("jobs_api", [True, False])
+def test_check_reads_system_stats_queue_and_job_time(jobs_api):
+    with FakeComfyUI(jobs_api=jobs_api) as fake:
         fake.set_queue(1, 2)
         fake.add_finished_job(4200)
         r = ComfyUIProbe("comfyui", settings(fake.url)).check()
     assert r.healthy, r.error
-    assert r.version == "0.3.40"
+    assert r.version == fake.version
     d = r.details
-    assert (d["queue_running"], d["queue_pending"], d["queue_depth"]) == (1, 2, 3)
+    # Contract C2: ComfyUI tells both what runs and what waits.
+    assert (d["queue_running"], d["queue_waiting"], d["queue_depth"]) == (1, 2, 3)
     assert d["pytorch_version"] == "2.5.1+cu124" and d["python_version"].startswith("3.11")
-    assert d["devices"][0]["vram_total"] == 25_386_352_640 and d["devices"][0]["vram_free"] == 23_000_000_000
+    assert d["devices"] == [{"name": RTX_4090["name"], "type": "cuda", "index": 0,
+                             "vram_total": 25_386_352_640, "vram_free": 23_000_000_000}]
     assert d["ram_total"] == 33_554_432_000
-    assert 4100 <= d["job_time_ms"] <= 4300
+    assert 4100 <= d["job_time_ms"] <= 4300 and d["last_job_status"] == "completed"
+    assert d["jobs_api"] is jobs_api and d["recent_failed_jobs"] == 0
     res = d["resources"]
     assert res["vram_used_bytes"] == 25_386_352_640 - 23_000_000_000
     assert res["process"]["pid"] > 0 and res["process"]["rss_bytes"] > 0  # the fake runs in this process
     assert res["process"]["cpu_percent"] is None  # first sample: unknown, not 0
     assert res["host"]["ram_total"] > 0
-    assert {t.endpoint for t in r.timings} == {"/system_stats", "/queue", "/history"}
+    jobs_path = {"/api/jobs"} if jobs_api else {"/api/jobs", "/history"}  # an old build: 404, then /history
+    assert {t.endpoint for t in r.timings} == {"/system_stats", "/queue"} | jobs_path
+
+
+def test_job_api_gives_failed_jobs_and_the_latest_time():
+    with FakeComfyUI() as fake:
+        fake.add_finished_job(1000, ago_ms=9000)
+        failed = fake.add_finished_job(2500, error="CUDA out of memory. Tried to allocate 2.00 GiB", ago_ms=1000)
+        fake.add_finished_job(700, ago_ms=5000)
+        probe = ComfyUIProbe("comfyui", settings(fake.url))
+        d = probe.check().details
+        assert d["last_job_id"] == failed and d["last_job_status"] == "failed"
+        assert d["last_job_error"].startswith("CUDA out of memory") and 2400 <= d["job_time_ms"] <= 2600
+        assert d["recent_failed_jobs"] == 1
+        assert fake.hits.get("/history", 0) == 0  # the job API is enough where it exists
+
+
+def test_the_probe_never_sends_a_prompt_id():
+    """Newer ComfyUI refuses a client prompt_id that is not a lowercase UUID; the probe
+    only reads, and names no prompt in any request."""
+    with FakeComfyUI() as fake:
+        fake.set_queue(1, 1)
+        fake.add_finished_job(100)
+        probe = ComfyUIProbe("comfyui", settings(fake.url))
+        for _ in range(3):
+            assert probe.check().healthy
+        fake.set_queue(0, 0)  # a job finished: the jobs are read again
+        assert probe.check().healthy
+    assert fake.requests and all("prompt_id" not in path and "prompt" not in path.split("?")[0] for path in fake.requests)
+    assert {p.split("?")[0] for p in fake.requests} <= {"/system_stats", "/queue", "/api/jobs", "/history"}
+
+
+def test_every_gpu_primary_first():
+    """Contract C3: all of /system_stats devices[], in ComfyUI's order (primary first)."""
+    cpu = {"name": "cpu", "type": "cpu", "index": None, "vram_total": 33_554_432_000, "vram_free": 20_000_000_000,
+           "torch_vram_total": 33_554_432_000, "torch_vram_free": 20_000_000_000}
+    with FakeComfyUI(devices=[RTX_3090, RTX_4090, cpu]) as fake:
+        d = ComfyUIProbe("comfyui", settings(fake.url)).check().details
+    assert [(g["index"], g["type"]) for g in d["devices"]] == [(1, "cuda"), (0, "cuda"), (None, "cpu")]
+    assert d["devices"][0] == {"name": RTX_3090["name"], "type": "cuda", "index": 1,
+                               "vram_total": 25_769_279_488, "vram_free": 12_000_000_000}
+    # VRAM in use is the GPUs' (the CPU "device" is system RAM).
+    assert d["resources"]["vram_used_bytes"] == (25_769_279_488 - 12_000_000_000) + (25_386_352_640 - 23_000_000_000)
+
+
+def test_devices_a_backend_sends_are_bounded():
+    odd = [{"name": "x" * 10_000, "type": "cuda", "index": True, "vram_total": "big", "vram_free": -1}] * 100
+    with FakeComfyUI(devices=odd) as fake:
+        d = ComfyUIProbe("comfyui", settings(fake.url)).check().details
+    assert len(d["devices"]) == 16 and len(d["devices"][0]["name"]) == 200
+    assert d["devices"][0]["index"] is None and d["devices"][0]["vram_total"] is None
+    assert d["resources"]["vram_used_bytes"] is None
 
 
 def test_job_time_is_none_without_timestamps():
-    with FakeComfyUI() as fake:
+    with FakeComfyUI(jobs_api=False) as fake:
         fake.add_finished_job(1000, timestamps=False)
         r = ComfyUIProbe("comfyui", settings(fake.url)).check()
     assert r.healthy and r.details["job_time_ms"] is None
-    assert job_time({}) == (None, None)
-    assert job_time({"x": {"status": {"messages": [["execution_start", {"timestamp": 5}]]}}}) == (None, None)
+    assert latest_job(history_jobs({})) is None
+    assert latest_job(history_jobs({"x": {"status": {"messages": [["execution_start", {"timestamp": 5}]]}}})) is None
+    assert latest_job([{"status": "completed", "execution_start_time": True, "execution_end_time": 9}]) is None
 
 
 @pytest.mark.parametrize("mode,kind", [("500", "http_status"), ("html", "not_json"), ("truncated", "not_json"),
