@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sqlite3
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import msgpack
 import zmq
 
-from bus.protocol import SCHEMA_VERSION, SEPARATOR, Publisher, Rejection, RejectCounter, decode, encode
-from bus.sockets import Endpoints, close, drain, endpoint_in_use, new_context, pub_socket, router_socket, sub_socket
+from bus.protocol import (MAX_EVENT_BYTES, SCHEMA_VERSION, SEPARATOR, Publisher, Rejection, RejectCounter, decode,
+                          encode)
+from bus.sockets import Endpoints, _attach, _socket, close, drain, endpoint_in_use, new_context, pub_socket, sub_socket
 
 from . import export as exporter
 from .engine import Engine
-from .settings import Settings
+from .settings import Settings, label
 from .store import Store, StoreUnavailable
 from .timeline import Timeline
 
@@ -39,14 +41,68 @@ TICK = 0.25  # how often probe liveness is re-evaluated (a dead probe shows unkn
 OBSERVED_STEP = 8 * TICK
 DRAIN_BUDGET = (5000, 0.05)  # events and seconds per loop turn, so requests are never starved
 SERVE_BUDGET = 0.02  # seconds of request handling per loop turn, so events are never starved either
-MAX_PENDING = 10_000  # requests queued beyond this are dropped (the oldest first)
+# Requests are work a sender controls, so the work and the memory they take are bounded
+# per peer and in all. A client has one or two requests out at a time (the Clone client
+# one snapshot, the CLI one export), so 8 waiting from one peer is already a flood; what
+# is over a cap is refused at once (an error reply when the peer still reads, else
+# nothing) and counted in the heartbeat's `bus.over_cap`.
+MAX_PENDING_PER_PEER = 8
+MAX_PENDING = 1024  # requests waiting, all peers together
+MAX_PENDING_BYTES = 16 << 20  # their bytes, all peers together (one request may be up to 1 MiB)
+# Replies waiting in libzmq for one peer that does not read. With ROUTER_MANDATORY a reply
+# beyond it fails at once (counted), rather than queueing: 1000 24 h snapshot replies to a
+# deaf client took the aggregator from 47 MB to 621 MB (issue 14).
+ROUTER_SNDHWM = 8
+ROUTER_RCVHWM = 1000
+CAP_CHUNK_MIN = 64  # below this much room under max_services, events are checked one by one (_capped)
+MAX_PROBES = 4096  # probe heartbeat sources remembered (src is sender-chosen; the oldest go first)
 HISTORY_REUSE = 0.5  # seconds a built history may serve further snapshot replies (history is
                      # bucketed trend data clients re-fetch every few seconds; the live records
                      # in the same reply are never older than the last published update)
 
 
+OVER_CAP_KINDS = ("services", "probes", "requests_per_peer", "requests_total", "malformed_requests",
+                  "replies_unsent")
+_OP = re.compile(r"[a-z_]{1,32}")
+_OVER_CAP = Rejection("too_large", "over max_services")  # an event _capped refused: counted in over_cap only
+# A request refused for being over a cap is unpacked for its id only up to this size, so
+# a flood of big requests costs no decoding; one the decoder refused was within the caps
+# and is unpacked again whatever its size (at most the socket's 1 MiB).
+_CLAIM_LIMIT = 64 << 10
+
+
 class AlreadyRunning(RuntimeError):
     pass
+
+
+def _router(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """The requests ROUTER. High-water marks are read when a peer connects, so they are
+    set before binding; ROUTER_MANDATORY makes a reply to a full or gone peer fail at once
+    (counted) instead of being dropped unseen."""
+    sock = _socket(ctx, zmq.ROUTER, MAX_EVENT_BYTES)
+    sock.sndhwm = ROUTER_SNDHWM
+    sock.rcvhwm = ROUTER_RCVHWM
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    return _attach(sock, endpoint, bind=True)
+
+
+def _error_reply(frame: bytes, error: str, seq: int, instance: str, claim_limit: int = _CLAIM_LIMIT) -> bytes:
+    """`reply.<op>` {ok: false, error, id, instance} for a request the decoder refused or that
+    is over a cap: op and id are read leniently, as far as the frame allows."""
+    head, _, payload = frame.partition(SEPARATOR)
+    op = head[8:].decode("ascii", "replace") if head.startswith(b"request.") else ""
+    rid = None
+    if len(payload) <= claim_limit:
+        try:
+            env = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            body = env.get("body") if isinstance(env, dict) else None
+            rid = body.get("id") if isinstance(body, dict) else None
+        except Exception:
+            rid = None
+    if not (isinstance(rid, str) and len(rid) <= 200):
+        rid = None
+    return encode(f"reply.{op if _OP.fullmatch(op) else 'error'}", "aggregator", seq,
+                  {"ok": False, "error": error[:500], "id": rid, "instance": instance})
 
 
 def packb(obj: Any) -> bytes:
@@ -72,11 +128,18 @@ class Aggregator:
         self.engine = engine or Engine(clock=self.timeline, settings=self.settings, max_step=OBSERVED_STEP)
         self.stop = stop or threading.Event()
         self.instance = uuid.uuid4().hex[:12]
-        self.rejects = RejectCounter()
+        self.rejects = RejectCounter(every=self.settings.reject_log_interval)
+        # What was refused for being over a cap (not malformed, just too much), by cap.
+        self.over_cap: dict[str, int] = {k: 0 for k in OVER_CAP_KINDS}
+        self._cap_logged: dict[str, float] = {}
         self.ready = threading.Event()
         self.metrics_port = self.settings.metrics_port if metrics_port is None else metrics_port
         self.store: Store | None = None
-        self._pending: deque[list[bytes]] = deque()  # requests waiting for their turn
+        # Requests waiting for their turn, per peer (ROUTER identity), served round robin so
+        # one peer's flood never sits in front of another peer's request.
+        self._pending: OrderedDict[bytes, deque[bytes]] = OrderedDict()
+        self._pending_count = 0
+        self._pending_bytes = 0
         self._histories: dict[str, tuple[float, bytes]] = {}  # range -> (built at, packed history)
         self._live: tuple[int, int, bytes] | None = None  # (publisher seq, state keys, packed entries but history)
         self.loop_errors = 0
@@ -102,6 +165,9 @@ class Aggregator:
         except StoreUnavailable as exc:
             self._to_memory(str(exc))
             return
+        for name in self._over_service_cap(list(self.engine.services)):  # stored by an older, uncapped run
+            del self.engine.services[name]
+            self._forget(name)
         # Stored history may end ahead of the clock (written before a backward step): the
         # timeline starts at its end, so its buckets keep closing.
         self.timeline.not_before(self.engine.history_end())
@@ -147,7 +213,7 @@ class Aggregator:
         try:
             events = sub_socket(ctx, self.endpoints.events, bind=True)
             pub = pub_socket(ctx, self.endpoints.snapshots, bind=True)
-            router = router_socket(ctx, self.endpoints.requests)
+            router = _router(ctx, self.endpoints.requests)
         except zmq.ZMQError as exc:
             ctx.destroy(linger=0)
             raise AlreadyRunning(f"cannot bind the aggregator's endpoints: {exc}") from None
@@ -173,6 +239,7 @@ class Aggregator:
         poller.register(router, zmq.POLLIN)
         next_tick = next_beat = time.monotonic()
         next_flush = time.monotonic() + self.settings.flush_interval
+        next_summary = time.monotonic() + self.settings.reject_log_interval
         self.ready.set()
         log.info("aggregator %s listening: events %s, snapshots %s, requests %s", self.instance,
                  self.endpoints.events, self.endpoints.snapshots, self.endpoints.requests)
@@ -186,9 +253,7 @@ class Aggregator:
                 if events in ready:
                     changed |= self._ingest(drain(events, *DRAIN_BUDGET))
                 if router in ready:
-                    self._pending.extend(drain(router, 1000, 0.01))
-                    while len(self._pending) > MAX_PENDING:  # a flood: the oldest go unanswered
-                        self._pending.popleft()
+                    self._queue(router, drain(router, 1000, 0.01))
                 if self._pending:
                     self._serve(router)
                 now = time.monotonic()
@@ -224,6 +289,10 @@ class Aggregator:
                 if now >= next_flush:
                     next_flush = now + self.settings.flush_interval
                     self._flush()
+                if now >= next_summary:
+                    next_summary = now + self.settings.reject_log_interval
+                    if summary := self.rejects.summary():
+                        log.warning("rejected frames since the last summary: %s", summary)
         finally:
             self._flush()
             if self.store is not None:
@@ -247,59 +316,177 @@ class Aggregator:
         changed: set[str] = set()
         refused: list[Rejection] = []
         bad = self.engine.bad_events
+        services = self.engine.services
+        cap = self.settings.max_services
         # Decoded lazily, one frame at a time: each event's objects are freed as soon as the
         # engine has applied it, as in a plain recv-and-decode loop. Decoding the batch into
         # a list first kept thousands of bodies alive into the older GC generations, and the
         # collector's passes over them cost a third of the ingest time (bench/profile).
-        self.engine.ingest_batch(map(decode, frames), changed, refused)
+        #
+        # The service cap is kept without a check per event: a chunk no longer than the room
+        # left under the cap cannot pass it even if every event names a new service, so while
+        # there is room, chunks go to the engine as they are. Only near the cap is each event
+        # looked at (_capped), so a forged service is never created, not even for a moment
+        # (10,000 created and then deleted took 600 MB the allocator kept).
+        i = 0
+        while i < len(frames):
+            room = cap - len(services)
+            if room >= CAP_CHUNK_MIN:
+                chunk = frames[i:i + room]
+                self.engine.ingest_batch(map(decode, chunk), changed, refused)
+            else:
+                chunk = frames[i:]
+                self.engine.ingest_batch(self._capped(chunk, refused), changed, refused)
+            i += len(chunk)
         self.rejects.accepted += len(frames) - len(refused)
+        if len(self.engine.probes) > MAX_PROBES:  # heartbeat sources: the longest silent go first
+            probes = self.engine.probes
+            for src in sorted(probes, key=lambda s: probes[s][0])[:len(probes) - MAX_PROBES]:
+                del probes[src]
+                self._count_over_cap("probes", f"a heartbeat from more than {MAX_PROBES} probe sources")
         for rejection in refused:
+            if rejection is _OVER_CAP:
+                continue
             if self.rejects.reject(rejection):
-                log.warning("rejected a frame from %s: %s (%s); further ones of this kind from this source are "
-                            "counted, not logged", rejection.src or "an unknown source", rejection.kind,
-                            rejection.detail)
+                log.warning("rejected a frame: %s (%s), claimed source %r; further ones of this kind are counted "
+                            "and summed up every %g s, not logged one by one", rejection.kind, rejection.detail,
+                            rejection.src, self.rejects.every)
         if self.engine.bad_events != bad and bad < 10:  # the first few are logged, all are counted
             log.warning("skipped an event the engine could not apply (%d so far): %s",
                         self.engine.bad_events, self.engine.last_bad_event)
         return changed
 
+    def _capped(self, frames: list[bytes], refused: list):
+        """Decoded events, but one that would create a service beyond max_services (status,
+        timing or usage for a name not kept yet; configured names always pass) is refused:
+        counted in over_cap.services and passed on as the falsy _OVER_CAP, which the engine
+        skips. The count of accepted events stays exact."""
+        services = self.engine.services
+        configured = self.settings.configured
+        cap = self.settings.max_services
+        for frame in frames:
+            msg = decode(frame)
+            if msg and len(services) >= cap:
+                name = "llm" if msg.topic == "llm.usage" else msg.body.get("service")
+                if (isinstance(name, str) and name not in services and name not in configured
+                        and msg.topic[:7] in ("status.", "timing.", "llm.usa")):
+                    self._count_over_cap("services", f"an event for a new service {name!r} beyond max_services = {cap}")
+                    msg = _OVER_CAP
+            yield msg
+
+    def _over_service_cap(self, candidates: list[str]) -> list[str]:
+        """Which of `candidates` (newest last) go, so at most max_services are kept; a
+        configured service is always kept (the configured ones are few and chosen by the user)."""
+        excess = len(self.engine.services) - self.settings.max_services
+        out = []
+        for name in reversed(candidates):
+            if excess <= len(out):
+                break
+            if name not in self.settings.configured:
+                out.append(name)
+        return out
+
+    def _count_over_cap(self, cap: str, what: str) -> None:
+        """Count one refusal; log the first of each cap, then at most once per reject_log_interval."""
+        self.over_cap[cap] = self.over_cap.get(cap, 0) + 1
+        now = time.monotonic()
+        last = self._cap_logged.get(cap)
+        if last is None or now - last >= self.settings.reject_log_interval:
+            self._cap_logged[cap] = now
+            log.warning("refused %s (%s refused so far: heartbeat bus.over_cap.%s)", what,
+                        f"{self.over_cap[cap]:,}", cap)
+
     def _heartbeat(self) -> None:
         self.publisher.send("heartbeat.aggregator", {
             "interval": HEARTBEAT_INTERVAL, "instance": self.instance,
-            "alerts": self.engine.active_alerts(), "bus": self.rejects.as_dict(),
+            "alerts": self.engine.active_alerts(), "bus": {**self.rejects.as_dict(), "over_cap": dict(self.over_cap)},
             "persistence": dict(self.engine.persistence)})
 
     # -- requests ---------------------------------------------------------------------
-    def _serve(self, router) -> None:
-        deadline = time.monotonic() + SERVE_BUDGET
-        while self._pending and time.monotonic() < deadline:
-            frames = self._pending.popleft()
-            if len(frames) != 2:
+    def _queue(self, router, received: list[list[bytes]]) -> None:
+        """Take what the ROUTER received into the per-peer queues, refusing what is over a cap."""
+        pending = self._pending
+        for frames in received:
+            if len(frames) != 2:  # a REQ socket's [identity, b"", request]: not served (docs/protocol.md)
+                self._count_over_cap("malformed_requests", "a request that is not [identity, one frame] "
+                                     "(REQ sockets are not served; use a DEALER)")
                 continue
             identity, frame = frames
-            msg = decode(frame)
-            if isinstance(msg, Rejection) or msg.kind != "request":
-                if isinstance(msg, Rejection):
-                    self.rejects.reject(msg)
-                continue
-            op = msg.topic.split(".", 1)[1] if "." in msg.topic else ""
-            try:
-                if op == "snapshot":
-                    reply = self._snapshot_frame(str(msg.body.get("range", "5m")), msg.body.get("id"))
-                else:
-                    body = self.handle(op, msg.body)
-                    body.setdefault("id", msg.body.get("id"))
-                    body["instance"] = self.instance
-                    reply = encode(f"reply.{op or 'error'}", "aggregator", self.publisher.seq, body)
-            except Exception as exc:  # a bad request must never take the aggregator down
-                log.exception("request %s failed", op)
-                reply = encode(f"reply.{op or 'error'}", "aggregator", self.publisher.seq,
-                               {"ok": False, "error": f"{op} failed: {exc.__class__.__name__}",
-                                "id": msg.body.get("id"), "instance": self.instance})
-            try:
-                router.send_multipart([identity, reply], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # the client went away or is not reading; never block on it
+            queue = pending.get(identity)
+            if queue is not None and len(queue) >= MAX_PENDING_PER_PEER:
+                self._refuse(router, identity, frame, "requests_per_peer",
+                             f"{MAX_PENDING_PER_PEER} requests from this client are already waiting")
+            elif self._pending_count >= MAX_PENDING or self._pending_bytes + len(frame) > MAX_PENDING_BYTES:
+                self._refuse(router, identity, frame, "requests_total", "the aggregator has too many requests waiting")
+            else:
+                if queue is None:
+                    queue = pending[identity] = deque()
+                queue.append(frame)
+                self._pending_count += 1
+                self._pending_bytes += len(frame)
+
+    def _refuse(self, router, identity: bytes, frame: bytes, cap: str, why: str) -> None:
+        self._count_over_cap(cap, f"a request: {why}")
+        self._send(router, identity, _error_reply(frame, f"busy: {why}; ask again once your replies arrive",
+                                                  self.publisher.seq, self.instance))
+
+    def _send(self, router, identity: bytes, reply: bytes) -> None:
+        try:  # ROUTER_MANDATORY: a full queue (a peer not reading) or a peer gone fails at once
+            router.send_multipart([identity, reply], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self._count_over_cap("replies_unsent", "a reply: its client does not read its replies, or went away")
+
+    def _serve(self, router) -> None:
+        deadline = time.monotonic() + SERVE_BUDGET
+        pending = self._pending
+        while pending and time.monotonic() < deadline:
+            identity, queue = next(iter(pending.items()))  # round robin: one request per peer in turn
+            frame = queue.popleft()
+            if queue:
+                pending.move_to_end(identity)
+            else:
+                del pending[identity]
+            self._pending_count -= 1
+            self._pending_bytes -= len(frame)
+            self._send(router, identity, self._answer(frame))
+
+    def _answer(self, frame: bytes) -> bytes:
+        """The reply to one request frame. Every request is answered, a refused one with
+        {ok: false, error} (its id echoed when it can be read), so no client waits for nothing."""
+        msg = decode(frame)
+        if isinstance(msg, Rejection):
+            if self.rejects.reject(msg):
+                log.warning("refused a request: %s (%s), claimed source %r", msg.kind, msg.detail, msg.src)
+            return _error_reply(frame, f"request refused ({msg.kind}): {msg.detail}", self.publisher.seq,
+                                self.instance, MAX_EVENT_BYTES)
+        if msg.kind != "request":
+            return _error_reply(frame, f"{msg.topic!r} is not a request (topics here are request.<op>)",
+                                self.publisher.seq, self.instance)
+        op = msg.topic.split(".", 1)[1] if "." in msg.topic else ""
+        rid = msg.body.get("id")
+        try:
+            if op == "snapshot":
+                history_range = msg.body.get("range", "5m")
+                known = self._ranges()
+                if history_range not in known:
+                    return self._reply(op, {"ok": False, "id": rid, "error": f"unknown range {str(history_range)[:40]!r} "
+                                            f"(known: {', '.join(known)})"})
+                return self._snapshot_frame(history_range, rid)
+            body = self.handle(op, msg.body)
+            body.setdefault("id", rid)
+            return self._reply(op, body)
+        except Exception as exc:  # a bad request must never take the aggregator down
+            log.exception("request %s failed", op)
+            return self._reply(op, {"ok": False, "error": f"{op} failed: {exc.__class__.__name__}", "id": rid})
+
+    def _ranges(self) -> list[str]:
+        return [label(keep) for _, keep in self.settings.tiers]
+
+    def _reply(self, op: str, body: dict[str, Any]) -> bytes:
+        body["instance"] = self.instance
+        # A reply takes the publisher's current seq and does not advance it (replies are not
+        # on the update stream, so they must not make a gap there).
+        return encode(f"reply.{op if _OP.fullmatch(op) else 'error'}", "aggregator", self.publisher.seq, body)
 
     def _snapshot_frame(self, history_range: str, rid: Any) -> bytes:
         """`reply.snapshot` {ok, seq, state, id}, packed from two cached parts so a burst of

@@ -83,8 +83,29 @@ def _non_negative(v: Any) -> float:
     return float(v)
 
 
+def _max_services(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 100_000:
+        raise ValueError("must be a whole number of services between 1 and 100000")
+    return v
+
+
+def _log_interval(v: Any) -> float:
+    v = parse_duration(v)
+    if not 1 <= v <= 86400:
+        raise ValueError("must be between 1s and 24h")
+    return v
+
+
 AGGREGATOR_KEYS = {"tiers": _tiers, "data_dir": _text, "flush_interval": _flush,
-                   "metrics_port": _port, "persist": _bool, "forget_after": parse_duration}
+                   "metrics_port": _port, "persist": _bool, "forget_after": parse_duration,
+                   "max_services": _max_services, "reject_log_interval": _log_interval}
+
+# Services the aggregator keeps (configured ones always count in and are never refused).
+# Each costs about 130 KB with the default tiers and is re-sent every second, so this bounds
+# memory (about 35 MB), the per-second publish and a late joiner's reply; a studio runs 5-20.
+MAX_SERVICES = 256
+# A kind of rejected frame is logged at most once per this long; the rest are summed up.
+REJECT_LOG_INTERVAL = 60.0
 
 # A service that is not configured ([services.*] and the built-in ones) is forgotten after
 # this long without events. A day: the default tiers' longest window, so by then nothing it
@@ -119,6 +140,8 @@ class Settings:
     metrics_port: int = 0
     persist: bool = True
     forget_after: float = FORGET_AFTER
+    max_services: int = MAX_SERVICES
+    reject_log_interval: float = REJECT_LOG_INTERVAL
     configured: frozenset = frozenset(DEFAULT_SERVICES)  # services that are never forgotten
     alerts: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": dict(DEFAULT_ALERTS)})
     prices: dict[str, dict[str, float]] = field(default_factory=dict)

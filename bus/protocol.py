@@ -25,6 +25,13 @@ MAX_TOPIC_BYTES = 128
 MAX_EVENT_BYTES = 1 << 20
 # Replies (full snapshot with history, exports) may be larger.
 MAX_REPLY_BYTES = 64 << 20
+# One status is one service's record, re-sent to every subscriber every second, so it is
+# bounded well above what a real probe sends: a status is 0.5-3 KB (ComfyUI with four GPUs
+# about 3 KB), `details` has 10-40 keys, and probes cut an error message to a few hundred
+# characters. What is over a bound is refused (`too_large`), never stored.
+MAX_STATUS_BYTES = 64 << 10
+MAX_ERROR_CHARS = 4096
+MAX_DETAILS_KEYS = 256
 
 # Service states published by probes: the seed story's four, then "alive but not ready"
 # (answers, but its model is still loading, or was unloaded by idle time and wakes on use) ...
@@ -141,14 +148,16 @@ _SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))
 _STR_ONLY = frozenset((str,))
 
 
-_SERVICE_NAME = re.compile(r"[\x21-\x7e]{1,64}")
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 
 def valid_service(name: Any) -> bool:
     """A service name becomes a topic segment (`snapshot.<name>`, `alert.<name>.<alert>`), so
-    it must be 1-64 printable ASCII characters without spaces. The live fuzzer showed why:
-    a status for service 'comfy\\x00i' was accepted, and the aggregator then crashed
-    publishing its snapshot. Config files should check names with this too."""
+    it is 1-64 letters, digits, `_` and `-`, not starting with `-`. No dot: in
+    `alert.<service>.<name>` a dotted service could not be told from the alert's name. No
+    space or NUL: the live fuzzer once had the aggregator crash publishing 'comfy\\x00i'.
+    And no leading `=`, `+`, `-` or `@`, so a name is never a spreadsheet formula in a CSV
+    export. Config files check names with this too."""
     if type(name) is str and name in _GOOD_NAMES:  # the same few names arrive thousands of times a second
         return True
     ok = isinstance(name, str) and _SERVICE_NAME.fullmatch(name) is not None
@@ -161,17 +170,14 @@ _GOOD_NAMES: set[str] = set()
 
 
 def _not_plain(body: dict) -> str | None:
-    """Where the body holds something other than JSON-like data, else None.
+    """Where the body holds something other than finite, JSON-like data, else None.
 
-    msgpack also carries bytes, bytes map keys and extension objects (ExtType, Timestamp).
-    They are inert, but JSON export, `md-health status --json` and the Blender panels
-    cannot show them, so one bad publisher could break every consumer: refuse them here.
-    Iterative, so deep nesting cannot hit the recursion limit.
+    msgpack also carries bytes, bytes map keys and extension objects (ExtType, Timestamp),
+    and NaN or infinity at any depth. JSON export, `md-health status --json` and the Blender
+    panels cannot show them (`JSON.parse` fails on NaN), so one bad publisher could break
+    every consumer: refuse them here. Iterative, so deep nesting cannot hit the recursion limit.
     """
     scalars = _SCALAR_TYPES
-    # Fast path for the common flat body (timing events): two C-level passes, no Python loop.
-    if _STR_ONLY.issuperset(map(type, body)) and scalars.issuperset(map(type, body.values())):
-        return None
     stack: list = [body]
     while stack:
         value = stack.pop()
@@ -180,10 +186,13 @@ def _not_plain(body: dict) -> str | None:
             for key, item in value.items():
                 if type(key) is not str:
                     return f"a map key is {_type_name(key)}"
-                if type(item) not in scalars:  # only containers and oddities go on the stack
+                if type(item) not in scalars or type(item) is float:  # containers, floats and oddities
                     stack.append(item)
         elif kind is list:
-            stack.extend(item for item in value if type(item) not in scalars)
+            stack.extend(item for item in value if type(item) not in scalars or type(item) is float)
+        elif kind is float:
+            if not isfinite(value):
+                return f"a number is {value}, not finite"
         elif kind not in scalars:
             return f"a value is {_type_name(value)}"
     return None
@@ -233,10 +242,15 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
             return _envelope_rejection(env)
         if schema and (bad := _check(schema, body, topic)):  # the body's required fields
             return Rejection(bad[0], bad[1], src[:64])
-        # Only zero-length bytes and extensions get past the unpack limits; walk the body
-        # for them just when such a header occurs at all (rare, and a false alarm costs one walk).
-        if _has_zero_length_header(frame) and (what := _not_plain(body)):
+        # Only zero-length bytes and extensions get past the unpack limits, and a non-finite
+        # float is a float like any other to msgpack; walk the body for them just when such
+        # bytes occur at all (rare, and a false alarm costs one walk).
+        if (_non_finite_hint(frame) or _has_zero_length_header(frame)) and (what := _not_plain(body)):
             return Rejection("wrong_type", f"{topic} body is not plain data: {what}", src[:64])
+        # Over MAX_DETAILS_KEYS keys or MAX_ERROR_CHARS characters takes more than 512 bytes,
+        # so the common small status skips the call.
+        if schema is _STATUS and len(frame) > 512 and (what := _status_over_cap(frame, body)):
+            return Rejection("too_large", f"{topic}: {what}", src[:64])
         service = body.get("service")
         if service is not None and not valid_service(service):
             return Rejection("wrong_type", f"{topic} body.service {str(service)[:40]!r} is not a service name",
@@ -247,6 +261,7 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
 
 
 _TOPICS: dict[bytes, tuple[str, dict | None]] = {}  # topic bytes -> (topic, body schema)
+_STATUS = BODY_SCHEMAS["status"]
 _envelope_fields = operator.itemgetter("v", "src", "seq", "ts", "body")
 _ENVELOPE_TYPES = frozenset((int, str, int, ts, dict) for ts in (int, float))  # v, src, seq, ts, body
 isfinite = math.isfinite
@@ -255,6 +270,39 @@ isfinite = math.isfinite
 # bin8/16/32 and ext8/16/32 headers of length zero: a lead byte, then 1, 2 or 4 zero bytes.
 _ZERO_LENGTH_HEADERS = tuple((lead, bytes(n)) for lead, n in
                              ((0xC4, 1), (0xC7, 1), (0xC5, 2), (0xC8, 2), (0xC6, 4), (0xC9, 4)))
+
+
+def _non_finite_hint(frame: bytes) -> bool:
+    """Whether a msgpack float32 (0xCA) or float64 (0xCB) may be NaN or infinite: its
+    exponent is all ones, so the byte after the lead is 0x7F or 0xFF. Those bytes are looked
+    for with memchr (`in` with an int): a two-byte substring search cost 0.25-0.5 us a frame,
+    more than the rest of decoding a timing event; 0x7F and 0xFF are rare in probe traffic,
+    so the inner loop seldom runs."""
+    for second in (0x7F, 0xFF):
+        if second not in frame:
+            continue
+        i = frame.find(second, 1)
+        while i > 0:
+            if frame[i - 1] in _FLOAT_LEADS:
+                return True
+            i = frame.find(second, i + 1)
+    return False
+
+
+_FLOAT_LEADS = (0xCA, 0xCB)
+
+
+def _status_over_cap(frame: bytes, body: dict) -> str | None:
+    """Where a status is bigger than one service's record may be (MAX_STATUS_BYTES & co)."""
+    if len(frame) > MAX_STATUS_BYTES:
+        return f"{len(frame)} bytes > the {MAX_STATUS_BYTES} a status may have"
+    error = body.get("error")
+    if type(error) is str and len(error) > MAX_ERROR_CHARS:
+        return f"error is {len(error)} characters > {MAX_ERROR_CHARS}"
+    details = body.get("details")
+    if type(details) is dict and len(details) > MAX_DETAILS_KEYS:
+        return f"details has {len(details)} keys > {MAX_DETAILS_KEYS}"
+    return None
 
 
 def _has_zero_length_header(frame: bytes) -> bool:
@@ -303,22 +351,41 @@ def _envelope_rejection(env: dict) -> Rejection:
 
 
 class RejectCounter:
-    """Counts rejections by kind, and remembers which (source, kind) pairs were already logged."""
+    """Counts rejections by kind, and limits how often each kind is logged.
 
-    def __init__(self) -> None:
+    Logging is keyed by kind, never by the sender-chosen `src`: a sender that changes its
+    src on every frame must not add a log line per frame (issue 14: 3000 sources added 3000
+    lines). A kind is logged at most once per `every` seconds (monotonic); the ones not
+    logged are counted and reported by `summary()`, which the owner calls periodically."""
+
+    def __init__(self, every: float = 60.0, clock=time.monotonic) -> None:
         self.accepted = 0
         self.by_kind: dict[str, int] = {k: 0 for k in REJECT_KINDS}
-        self._logged: set[tuple[str, str]] = set()
+        self.every = every
+        self._clock = clock
+        self._logged_at: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}  # kind -> not logged since the last summary
 
     def reject(self, rejection: Rejection) -> bool:
-        """Count a rejection. Returns True the first time this (source, kind) is seen, so the
-        caller logs once per source rather than once per message."""
-        self.by_kind[rejection.kind] = self.by_kind.get(rejection.kind, 0) + 1
-        key = (rejection.src, rejection.kind)
-        if key in self._logged or len(self._logged) > 10_000:
+        """Count a rejection. Returns True when the caller should log it: the first of its
+        kind, then at most once per `every` seconds."""
+        kind = rejection.kind
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        now = self._clock()
+        last = self._logged_at.get(kind)
+        if last is not None and now - last < self.every:
+            self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
             return False
-        self._logged.add(key)
+        self._logged_at[kind] = now
         return True
+
+    def summary(self) -> str | None:
+        """One line saying how many rejections were not logged since the last call (None if none)."""
+        if not self.suppressed:
+            return None
+        parts = ", ".join(f"{k} {n:,}" for k, n in sorted(self.suppressed.items()))
+        self.suppressed = {}
+        return f"{parts} (not logged one by one; each kind is logged at most once per {self.every:g} s)"
 
     @property
     def rejected(self) -> int:

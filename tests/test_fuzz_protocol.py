@@ -137,7 +137,7 @@ def check(frame: bytes, counts: dict[str, int]) -> None:
     # Accepted data is plain (no bytes, no msgpack extension objects), so every later
     # consumer (JSON export, `md-health status --json`, the Blender panels) can handle it.
     assert _is_plain(result.body) and isinstance(result.src, str), result
-    json.dumps(result.body)
+    json.dumps(result.body, allow_nan=False)  # strict JSON: no NaN or infinity at any depth (issue 14)
     # A service name must work as a topic segment: the aggregator publishes snapshot.<service>
     # (a NUL in a name once crashed it there).
     if "service" in result.body:

@@ -56,13 +56,56 @@ def test_a_good_frame_next_to_bad_ones_still_decodes():
     assert isinstance(decode(_frame("timing.x", GOOD_ENV)), Message)
 
 
-def test_counter_logs_once_per_source_and_kind():
-    counter = RejectCounter()
-    bad = decode(_frame("timing.x", {**GOOD_ENV, "v": 2}))
-    assert counter.reject(bad) is True
-    assert all(counter.reject(bad) is False for _ in range(99))
+def test_counter_logs_once_per_kind_whatever_the_source_then_sums_up():
+    now = [100.0]
+    counter = RejectCounter(every=60.0, clock=lambda: now[0])
+    # Every frame claims another src: logging must not follow the sender's choice.
+    bad = [decode(_frame("timing.x", {**GOOD_ENV, "v": 2, "src": f"forged-{i}"})) for i in range(100)]
+    assert counter.reject(bad[0]) is True
+    assert all(counter.reject(b) is False for b in bad[1:])
     assert counter.by_kind["wrong_schema_version"] == 100
     assert counter.rejected == 100
+    assert "wrong_schema_version 99" in counter.summary()
+    assert counter.summary() is None  # nothing new since
+    now[0] += 60.0
+    assert counter.reject(bad[5]) is True  # once per interval again
+
+
+def test_non_finite_numbers_are_refused_at_any_depth():
+    import math
+    import msgpack
+
+    for body in ({"details": {"a": math.nan, "queue_depth": math.inf}}, {"details": {"x": [1, {"y": -math.inf}]}},
+                 {"extra": math.nan}):
+        frame = _frame("status.x", {**GOOD_ENV, "body": {"service": "x", "state": "connected", **body}})
+        result = decode(frame)
+        assert isinstance(result, Rejection) and result.kind == "wrong_type" and "finite" in result.detail, result
+    # float32 too (another language's encoder may send single floats).
+    env = {**GOOD_ENV, "body": {"service": "x", "state": "connected", "d": {"x": math.nan}}}
+    assert not decode(b"status.x\x00" + msgpack.packb(env, use_single_float=True))
+    big = decode(_frame("status.x", {**GOOD_ENV, "body": {"service": "x", "state": "connected", "d": [1e308, -1e308]}}))
+    assert isinstance(big, Message)  # huge but finite is fine
+
+
+def test_status_over_a_record_cap_is_refused():
+    from bus.protocol import MAX_DETAILS_KEYS, MAX_ERROR_CHARS, MAX_STATUS_BYTES
+
+    for extra in ({"error": "e" * (MAX_ERROR_CHARS + 1)}, {"details": {str(i): 0 for i in range(MAX_DETAILS_KEYS + 1)}},
+                  {"details": {"blob": "x" * MAX_STATUS_BYTES}}):
+        result = decode(_frame("status.x", {**GOOD_ENV, "body": {"service": "x", "state": "connected", **extra}}))
+        assert isinstance(result, Rejection) and result.kind == "too_large", result
+    ok = {"error": "e" * MAX_ERROR_CHARS, "details": {str(i): 0 for i in range(MAX_DETAILS_KEYS)}}
+    assert isinstance(decode(_frame("status.x", {**GOOD_ENV, "body": {"service": "x", "state": "connected", **ok}})),
+                      Message)
+
+
+def test_service_names_are_topic_segments_without_dots_or_formulas():
+    from bus.protocol import valid_service
+
+    for good in ("comfyui", "wan2gp", "llm", "my_box-2", "A" * 64, "_x"):
+        assert valid_service(good), good
+    for bad in ("a.b", "a b", "=HYPERLINK(1)", "+1", "-x", "@x", "", "x" * 65, "comfy\x00i", "é", None, 3):
+        assert not valid_service(bad), bad
 
 
 def test_publisher_sequence_is_monotonic_per_source_over_real_sockets(endpoints: Endpoints):
