@@ -185,9 +185,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Fake ComfyUI for demos and tests")
     parser.add_argument("--port", type=int, default=8188)
     parser.add_argument("--queue", type=int, default=0, help="pending prompts to show")
+    parser.add_argument("--gpus", type=int, choices=(1, 2), default=1, help="GPUs in /system_stats")
+    parser.add_argument("--old", action="store_true", help="an older build: no /api/jobs")
     args = parser.parse_args()
-    fake = FakeComfyUI(args.port)
+    fake = FakeComfyUI(args.port, jobs_api=not args.old, devices=[RTX_4090, RTX_3090][:args.gpus])
     fake.set_queue(0, args.queue)
+    fake.add_finished_job(3100, error="CUDA out of memory. Tried to allocate 2.00 GiB", ago_ms=60_000)
     fake.add_finished_job(4200)
     serve_forever(fake, "ComfyUI")
 
