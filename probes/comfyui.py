@@ -294,7 +294,6 @@ class ComfyUIProbe(Probe):
             "devices": devices,
             "queue_running": len(running),
             "queue_waiting": len(pending),
-            "queue_pending": len(pending),  # the older name of queue_waiting, still read by the add-on
             "queue_depth": depth,
             "job_time_ms": job["ms"] if job else None,
             "last_job_id": job["id"] if job else None,
