@@ -39,6 +39,7 @@ YELLOW = (1.00, 0.85, 0.10, 1.0)
 RED = (1.00, 0.15, 0.15, 1.0)
 ORANGE = (1.00, 0.50, 0.00, 1.0)
 GREY = (0.60, 0.60, 0.60, 1.0)
+SAGE = (0.52, 0.68, 0.56, 1.0)    # sleeping: healthy but idle, a green gone grey
 
 
 def _finite(v) -> bool:
@@ -308,8 +309,8 @@ def _segment_distance(px, py, ax, ay, bx, by):
 
 def state_icon(kind: str, colour, size: int = 32) -> np.ndarray:
     """A round badge in the state's colour with its symbol cut out in dark: check
-    (connected), clock (connecting), cross (disconnected), exclamation mark (error), question
-    mark (unknown). The shape alone tells the state, for colour-blind eyes."""
+    (connected), clock (connecting), cross (disconnected), exclamation mark (error), three
+    dots (loading), crescent (sleeping), a falling line (degraded), question mark (unknown). The shape alone tells the state, for colour-blind eyes."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     s = size / 32.0
     r = np.hypot(xx - size / 2, yy - size / 2)
@@ -335,6 +336,17 @@ def state_icon(kind: str, colour, size: int = 32) -> np.ndarray:
     elif kind == "error":
         seg(16, 8.5, 16, 18)
         seg(16, 23, 16, 23.2, 2.4 * s)
+    elif kind == "loading":  # three dots: on its way
+        for x in (10, 16, 22):
+            seg(x, 16, x, 16.2, 2.6 * s)
+    elif kind == "sleeping":  # a crescent moon
+        moon = np.clip(7.5 * s - np.hypot(xx - 15 * s, yy - 16 * s) + 0.5, 0, 1)
+        bite = np.clip(6.5 * s - np.hypot(xx - 19 * s, yy - 13 * s) + 0.5, 0, 1)
+        np.maximum(ink, np.clip(moon - bite, 0, 1), out=ink)
+    elif kind == "degraded":  # a line that falls: answers, but worse
+        seg(8, 11, 13, 16)
+        seg(13, 16, 17, 13)
+        seg(17, 13, 23, 21)
     else:  # unknown, offline, missing
         ring = np.clip(1.8 * s - np.abs(np.hypot(xx - 16 * s, yy - 12.5 * s) - 4.5 * s) + 0.5, 0, 1)
         ring[(yy > 12.5 * s) & (xx < 16 * s)] = 0

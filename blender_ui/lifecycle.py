@@ -43,6 +43,7 @@ def unregister() -> None:
     if runtime.force_sync in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(runtime.force_sync)
     monitor.on_exit()
+    RT.discovery.stop()
     instrument.flush()
     atexit.unregister(_on_exit)
     connection.disconnect()

@@ -115,6 +115,33 @@ def _user_dir() -> Path:
         return Path(bpy.utils.user_resource("CONFIG", path="movie_director_health", create=True))
 
 
+def monitor_python(p) -> tuple[str, str]:
+    """The interpreter the local monitor's children run with, and a problem in words ("" if none)."""
+    import bpy
+
+    python = bpy.path.abspath(p.monitor_python) if p is not None and p.monitor_python.strip() else sys.executable
+    if not Path(python).is_file():
+        return python, f"No Python interpreter at {python!r} (see the add-on preferences)"
+    return python, ""
+
+
+def find_backends(write: bool) -> tuple[bool, str]:
+    """Start `md-health discover --json` (with `write`, `--write` too) as a child with the
+    local monitor's interpreter and environment; the timer collects its answer."""
+    from . import deps, state
+
+    if deps.MISSING:
+        return False, deps.MISSING
+    python, problem = monitor_python(state.prefs())
+    if problem:
+        return False, problem
+    try:
+        state.RT.discovery.start(python, deps.child_environment(python), str(deps.BACKEND_ROOT), write)
+    except OSError as exc:
+        return False, f"Cannot start {python}: {exc}"
+    return True, "Writing the backends found to the monitor's config" if write else "Looking for backends"
+
+
 def start_local() -> tuple[bool, str]:
     """Start the aggregator and every enabled probe as children of Blender (or, when
     degraded, the one that exited). Mirrors the new state onto the panels at once."""
@@ -133,9 +160,9 @@ def start_local() -> tuple[bool, str]:
         ep = connection.endpoints_from(p)
         if "aggregator" in mon.missing() and deps.sockets.endpoint_in_use(ep.snapshots, timeout=0.2):
             return False, f"A monitor already runs at {ep.snapshots}; the panels use it"
-        python = bpy.path.abspath(p.monitor_python) if p.monitor_python.strip() else sys.executable
-        if not Path(python).is_file():
-            return False, f"No Python interpreter at {python!r} (see the add-on preferences)"
+        python, problem = monitor_python(p)
+        if problem:
+            return False, problem
         env = deps.child_environment(python)
         env.update(MD_HEALTH_EVENTS=ep.events, MD_HEALTH_SNAPSHOTS=ep.snapshots, MD_HEALTH_REQUESTS=ep.requests)
         try:

@@ -60,6 +60,21 @@ class MOVIE_DIRECTOR_OT_stop_monitor(Operator):
         return {"FINISHED"} if n else {"CANCELLED"}
 
 
+class MOVIE_DIRECTOR_OT_find_backends(Operator):
+    """Look for AI backends on this computer's usual ports (loopback only), with the local monitor's Python"""
+    bl_idname = "movie_director.find_backends"
+    bl_label = "Find Backends"
+
+    write: bpy.props.BoolProperty(name="Write to Config", options={"SKIP_SAVE"},
+                                  description="Also write what is found into the monitor's config file")
+
+    def execute(self, context):
+        ok, note = monitor.find_backends(self.write)
+        _state(context).message = "" if ok else note
+        self.report({"INFO"} if ok else {"WARNING"}, note)
+        return {"FINISHED"} if ok else {"CANCELLED"}
+
+
 class MOVIE_DIRECTOR_OT_copy_error(Operator):
     """Copy this service's error message to the clipboard"""
     bl_idname = "movie_director.copy_error"
@@ -237,6 +252,7 @@ classes = (
     MOVIE_DIRECTOR_OT_start_monitor,
     MOVIE_DIRECTOR_OT_stop_monitor,
     MOVIE_DIRECTOR_OT_copy_error,
+    MOVIE_DIRECTOR_OT_find_backends,
     MOVIE_DIRECTOR_OT_test_connection,
     MOVIE_DIRECTOR_OT_write_thresholds,
     MOVIE_DIRECTOR_OT_toggle_details,

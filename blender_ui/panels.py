@@ -10,7 +10,7 @@ import time
 import bpy
 from bpy.types import Panel
 
-from . import deps, instrument, pictures, view
+from . import deps, discovery, instrument, pictures, view
 from .state import RT, STATE, prefs
 
 # Icons come and go between versions (INTERNET_OFFLINE is not in 3.4): fall back, never fail.
@@ -50,6 +50,12 @@ def _scale(context) -> float:
 def _chars(context, indent: int = 2) -> int:
     """About how many characters fit on a line of this region, inside `indent` boxes."""
     return max(16, int((context.region.width - 30 * indent * _scale(context)) / (CHAR_PX * _scale(context))))
+
+
+def _fits(context, text: str, icon: bool = True) -> bool:
+    """Does `text` fit on one line of a panel in this region? The panel's margins and the
+    sidebar's tab strip take about 65 px, an icon 20 px (at UI scale 1)."""
+    return (len(text) * CHAR_PX + (20 if icon else 0) + 65) * _scale(context) <= context.region.width
 
 
 def _wide(context) -> bool:
@@ -130,7 +136,7 @@ class ConnectionStatus:
 
         row = layout.row(align=True)
         row.scale_y = 1.3
-        words = view.OVERALL.get(state.overall, view.OVERALL["OFFLINE"])[1]
+        words = view.overall_words(state.overall, state.overall_reason)
         light = row.row()
         light.alignment = "LEFT"
         _status(light, "overall", words, view.OVERALL_STATE.get(state.overall, "offline"))
@@ -141,8 +147,9 @@ class ConnectionStatus:
         if state.online and state.overall != "GREEN":
             _wrapped(layout, state.overall_reason, _chars(context, 1))
 
+        rows = []
         if not state.online:
-            self.draw_offline(context, layout, state)
+            rows = self.draw_offline(context, layout, state)
         else:
             for item in state.services:
                 self.draw_service(context, layout, item, records.get(item.name), chars)
@@ -152,15 +159,17 @@ class ConnectionStatus:
                 row.operator("movie_director.stop_monitor", icon=_i("PAUSE"))
             if state.monitor_state == "degraded":
                 self.draw_degraded(context, layout, state)
+        self.draw_discovery(context, layout)
         if state.message:
             _wrapped(layout, view.plain(state.message), _chars(context, 1), "INFO")
         instrument.trace("connection_status", {
             "overall": state.overall, "online": state.online, "space": self.bl_space_type,
-            "monitor": state.monitor_state, "services": {item.name: item.state for item in state.services}})
+            "monitor": state.monitor_state, "services": {item.name: item.state for item in state.services},
+            "rows": rows})
 
     def draw_offline(self, context, layout, state):
         """One calm block: offline, why, and what happens next; then each service as
-        name + unknown."""
+        name + unknown. Returns the lines of that list (the GUI test measures them)."""
         box = layout.box()
         chars = _chars(context)
         ep = RT.endpoints.snapshots if RT.endpoints else "?"
@@ -181,19 +190,57 @@ class ConnectionStatus:
             box.operator("movie_director.start_monitor", icon=_i("PLAY"))
         col = layout.column(align=True)
         narrow = _narrow(context)
+        shown = []
         for label, service in [(item.label, item.name) for item in state.services] + [("Language Models", "")]:
-            if narrow:  # one line each: "ComfyUI: unknown"
+            if narrow:  # one line each, "ComfyUI: unknown", where it fits; else the name above it
+                line = f"{label}: unknown"
                 row = col.row()
                 row.alignment = "LEFT"
-                _status(row, "state" if service else "llm", f"{label}: unknown", "unknown", service,
+                if not _fits(context, line):
+                    row.label(text=label)
+                    shown.append(label)
+                    row = col.row()
+                    row.alignment = "LEFT"
+                    line = "Unknown"
+                _status(row, "state" if service else "llm", line, "unknown", service,
                         tip="No heartbeat from the monitor: state unknown")
+                shown.append(line)
                 continue
+            shown += [label, "Unknown"]
             split = col.split(factor=0.45)
             split.label(text=label)
             sub = split.row()
             sub.alignment = "LEFT"
             _status(sub, "state" if service else "llm", "Unknown", "unknown", service,
                     tip="No heartbeat from the monitor: state unknown")
+        return shown
+
+    def draw_discovery(self, context, layout):
+        """Find Backends: the button, then what the last scan found and Write to Config."""
+        found = RT.discovery
+        if found.state == discovery.IDLE:
+            layout.operator("movie_director.find_backends", icon=_i("VIEWZOOM"))
+            return
+        box = layout.box()
+        chars = _chars(context)
+        if found.state == discovery.RUNNING:
+            box.label(text="Writing the config" if found.writing else "Looking for backends", icon=_i("TIME"))
+            return
+        if found.error:
+            err = box.column(align=True)
+            err.alert = True
+            _wrapped(err, view.plain(found.error), chars, "ERROR")
+        if found.state == discovery.DONE or found.found:
+            box.label(text=f"Found {len(found.found)} on {found.scanned} ports", icon=_i("VIEWZOOM"))
+            col = box.column(align=True)
+            for item in found.found:
+                _wrapped(col, discovery.line(item), chars)
+            if found.written:
+                _wrapped(box, f"Written to {found.written}", chars, "CHECKMARK")
+        row = box.row(align=True)
+        row.operator("movie_director.find_backends", text="Again", icon=_i("FILE_REFRESH"))
+        if found.found and not found.written:
+            row.operator("movie_director.find_backends", text="Write to Config", icon=_i("FILE_TICK")).write = True
 
     def draw_degraded(self, context, layout, state):
         col = layout.column()
@@ -226,7 +273,7 @@ class ConnectionStatus:
         _note(end, "badge", badge[0] if _wide(context) else "", badge[1], item.name)
         col = box.column(align=True)
         when = view.ago((record or {}).get("last_check"), time.time())
-        if item.state == "connected":
+        if item.state in view.ANSWERING:
             if narrow:
                 col.label(text=item.version or view.DASH)
                 col.label(text=f"Checked {when}", icon=_i("TIME"))
@@ -255,11 +302,11 @@ class ConnectionStatus:
         col.label(text=f"Required: {'yes' if item.required else 'no (optional)'}")
         for line_text in view.devices_lines(record) or [f"Devices: {view.DASH}"]:
             _wrapped(col, line_text, chars)
-        col.label(text=f"Queue: {view.queue_text(record)}")
+        _wrapped(col, f"Queue: {view.queue_text(record)}", chars)
         _wrapped(col, f"Job time: {view.job_time_text(record)}", chars)
         for line_text in view.resources_lines(record):
             _wrapped(col, line_text, chars)
-        if item.error and item.state != "connected":
+        if item.error and item.state not in view.UP:
             err = col.column(align=True)
             err.alert = True
             _wrapped(err, view.plain(item.error), chars, "ERROR")
@@ -329,7 +376,7 @@ class HealthDashboard:
         chars = _chars(context)
         th = RT.thresholds
         self.draw_alerts(context, layout, state, client.alerts)
-        idle = [item.label for item in state.services if item.state != "connected"]
+        idle = [item.label for item in state.services if item.state not in view.ANSWERING]
         if idle:
             _wrapped(layout, f"No live figures (not connected): {', '.join(idle)}", _chars(context, 1), "INFO")
         side = pictures.side(context.region.width, _scale(context))
@@ -338,7 +385,7 @@ class HealthDashboard:
         shown = {}
         for item in state.services:
             record = client.services.get(item.name)
-            if record is None or item.state != "connected":
+            if record is None or item.state not in view.ANSWERING:
                 continue
             stats = view.stats_for(record, rng)
             box = grid.box()
@@ -355,7 +402,7 @@ class HealthDashboard:
                     ("Average", view.ms(stats.get("avg_ms")), False),
                     ("Success", view.pct(rate), failing),
                     ("Uptime", view.pct(view.uptime_for(record, rng), 2), False),
-                    ("Queue", view.queue_text(record), False),
+                    ("Queue", view.queue_text(record, reason=False), False),
                     ("Job time", view.job_time_short(record), False)):
                 names.label(text=name)
                 values.label(text=value, icon="ERROR" if bad else "NONE")

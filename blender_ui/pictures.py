@@ -31,6 +31,7 @@ REGIONS = {("VIEW_3D", "UI"), ("SEQUENCE_EDITOR", "UI"), ("PROPERTIES", "WINDOW"
 SERVICE_MAX = 380      # px at UI scale 1: a per-service chart bigger than this says no more
 HISTORY_MAX = 720
 STATE_COLOURS = {"connected": "GREEN", "connecting": "YELLOW", "disconnected": "RED", "error": "ORANGE",
+                 "loading": "YELLOW", "sleeping": "SAGE", "degraded": "ORANGE",
                  "unknown": "GREY", "offline": "GREY", "missing": "GREY"}  # names in charts.py
 
 _pcoll = None
@@ -60,7 +61,8 @@ def close_previews() -> None:
 
 
 def _icon_shape(kind: str) -> str:
-    return kind if kind in ("connected", "connecting", "disconnected", "error") else "unknown"
+    return kind if kind in ("connected", "connecting", "disconnected", "error", "loading", "sleeping",
+                            "degraded") else "unknown"
 
 
 def _put(key: str, pixels, size: int) -> None:

@@ -20,6 +20,15 @@ COMPARE_ITEMS = [("p95", "p95", "Compare the 95th percentile of response times")
                  ("uptime", "Uptime", "Compare uptime over the range")]
 
 
+def _redraw_windows(self, context):
+    """Nothing to do: having an update callback is the point. Setting a Python-defined
+    property that has one makes Blender send the NC_WINDOW notifier, which every region
+    listens to, the status bar included (a window-level area that no Python API can tag
+    for redraw). The timer writes the indicator's words only when they change, which is
+    rare, so the status bar follows them without touching the workspace's status text
+    (a modal tool's hint line)."""
+
+
 def _range_changed(self, context):
     from . import connection  # late: it imports the add-on's other modules
     connection.history_range_changed(self.metrics_range)
@@ -43,7 +52,7 @@ class MOVIE_DIRECTOR_PG_health(PropertyGroup):
     online: BoolProperty(name="Monitor online", description="Heartbeats arrive from the monitor")
     overall: StringProperty(name="Overall health", default="OFFLINE", description=view.OVERALL_RULE)
     overall_reason: StringProperty(name="Why")
-    overall_short: StringProperty(name="Summary", default="AI backends: monitor offline")
+    overall_short: StringProperty(name="Summary", default="AI backends: monitor offline", update=_redraw_windows)
     llm_state: StringProperty(name="Language models")
     services: CollectionProperty(type=MOVIE_DIRECTOR_PG_service)
     monitor_state: StringProperty(name="Local monitor", default="stopped",

@@ -15,7 +15,7 @@ from collections import deque
 import bpy
 from bpy.app.handlers import persistent
 
-from . import pictures, statusbar, view
+from . import pictures, view
 from .state import RT, STATE
 
 log = logging.getLogger(__package__)
@@ -114,9 +114,8 @@ def sync(state, client) -> bool:
     changed = _put(state, "online", "online", online)
     changed |= _put(state, "overall", "overall", light)
     changed |= _put(state, "overall_reason", "overall_reason", reason)
-    if _put(state, "overall_short", "overall_short", view.overall_short(light, [(r[2], r[3]) for r in rows])):
-        changed = True
-        statusbar.tag_redraw(bpy.context.window_manager)
+    # Writing these words redraws the status bar too (see props._redraw_windows).
+    changed |= _put(state, "overall_short", "overall_short", view.overall_short(light, [(r[2], r[3]) for r in rows]))
     changed |= _put(state, "llm_state", "llm_state", view.state_of(client.services.get(view.LLM), online))
     names = tuple(r[0] for r in rows)
     if RT.written.get("names") != names or len(state.services) != len(names):
@@ -184,7 +183,7 @@ def panels_visible(wm) -> bool:
 
 def housekeeping(wm) -> None:
     """Once a second: the local monitor, history refresh, the "3 s ago" texts, the
-    moving time axis of the charts, the test-connection result."""
+    moving time axis of the charts, the test-connection result, Find Backends' answer."""
     state = getattr(wm, STATE)
     client = RT.client
     # Idle ticks skip the client, so its liveness check (heartbeat lost -> offline, ask
@@ -204,6 +203,7 @@ def housekeeping(wm) -> None:
             _put(state, "message", "message", f"No monitor answered at {RT.endpoints.snapshots} within 3 s. "
                                               "Start the local monitor, or check the endpoints.")
     changed = sync(state, client)
+    changed |= RT.discovery.poll()  # Find Backends' child: collected once it has exited
     if panels_visible(wm):
         changed |= pictures.update(wm)
     if changed or (client.online and client.services):

@@ -19,6 +19,7 @@ class Runtime:
     """One Blender, one add-on instance."""
 
     def __init__(self) -> None:
+        from .discovery import Discovery
         from .monitor import LocalMonitor
 
         self.client = None                   # bus MonitorClient, None while not connected
@@ -28,6 +29,7 @@ class Runtime:
         self.active_model = ""
         self.thresholds = {"p95_ms": 500.0, "p95_bad_ms": 2000.0, "success": 0.99, "down_s": 60.0}
         self.monitor = LocalMonitor()
+        self.discovery = Discovery()         # Find Backends: its child and its last answer
         self.written: dict[Any, Any] = {}    # what the timer last wrote, to skip unchanged values
         self.samples: dict[str, deque] = {}  # a local trend per service (no aggregator history yet)
         self.range = "5m"

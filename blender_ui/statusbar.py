@@ -18,19 +18,6 @@ def draw(self, context):
     instrument.trace("statusbar", {"text": state.overall_short, "overall": state.overall})
 
 
-def tag_redraw(wm) -> None:
-    """The status bar is a window-level area that `screen.areas` does not list and no
-    Python API tags for redraw; clearing the workspace's status text (the hint line that a
-    modal operator sets, and sets again on its next event) is the one call that redraws it.
-    So it is called only when the indicator's words changed, which is rare."""
-    for window in wm.windows:
-        try:
-            with bpy.context.temp_override(window=window, screen=window.screen):
-                window.workspace.status_text_set(None)
-        except (AttributeError, RuntimeError, TypeError):  # no temp_override (< 3.2) or no window
-            pass
-
-
 def register():
     bpy.types.STATUSBAR_HT_header.append(draw)
 

@@ -25,21 +25,32 @@ STATES: dict[str, tuple[str, str, str]] = {
     "connecting": ("TIME", "Connecting", "Checking, or confirming a change of state"),
     "disconnected": ("CANCEL", "Disconnected", "The service does not answer"),
     "error": ("ERROR", "Error", "The service answers, but not as expected (wrong app, bad key)"),
+    "loading": ("SORTTIME", "Loading model", "The service answers, but its model is still loading: not ready yet"),
+    "sleeping": ("HIDE_ON", "Sleeping (wakes on use)",
+                 "The model was unloaded after idle time; the next request wakes it (healthy, not down)"),
+    "degraded": ("SEQ_LUMA_WAVEFORM", "Degraded",
+                 "The service answers, but its response time or queue is over the alert threshold"),
     "unknown": ("QUESTION", "Unknown", "The probe watching this service has stopped reporting"),
     "offline": ("INTERNET_OFFLINE", "Monitor offline", "No heartbeat from the monitor: state unknown"),
     "missing": ("DOT", "Not monitored", "The monitor has no probe for this service (see its config)"),
 }
 
+# States in which a service answers. Sleeping is healthy (it wakes on use) and degraded
+# answers slowly: both count as up. Loading answers but is not ready: never up, never down.
+UP = ("connected", "sleeping", "degraded")
+ANSWERING = UP + ("loading",)
+
 OVERALL: dict[str, tuple[str, str]] = {
     "GREEN": ("SEQUENCE_COLOR_04", "All services up"),
-    "YELLOW": ("SEQUENCE_COLOR_03", "Optional service down"),
+    "YELLOW": ("SEQUENCE_COLOR_03", "Not all ready"),
     "RED": ("SEQUENCE_COLOR_01", "Required service down"),
     "OFFLINE": ("INTERNET_OFFLINE", "Monitor offline"),
 }
 # The state whose picture icon stands for each light (green check, yellow clock, ...).
 OVERALL_STATE = {"GREEN": "connected", "YELLOW": "connecting", "RED": "disconnected", "OFFLINE": "offline"}
-OVERALL_RULE = ("Red: a required service is not connected. Yellow: only optional services are "
-                "down or still connecting. Green: every monitored service is connected")
+OVERALL_RULE = ("Red: a required service is down. Yellow: a service is loading its model or degraded, "
+                "or an optional one is down or connecting. Green: every monitored service is up "
+                "(a sleeping model counts as up: it wakes on use)")
 
 # Response-time thresholds for the coloured bars (p95, milliseconds).
 FAST_MS = 500.0
@@ -83,21 +94,37 @@ def overall(rows: list[tuple[str, str, bool]], online: bool) -> tuple[str, str]:
     """rows: (label, state, required). Returns (light, reason)."""
     if not online:
         return "OFFLINE", "No heartbeat from the monitor"
-    down_required = [label for label, state, req in rows if req and state != "connected"]
+    down_required = [label for label, state, req in rows if req and state not in ANSWERING]
     if down_required:
         return "RED", "Not connected: " + ", ".join(down_required)
-    degraded = [label for label, state, req in rows if not req and state not in ("connected", "missing")]
-    if degraded:
-        return "YELLOW", "Not connected (optional): " + ", ".join(degraded)
+    loading = [label for label, state, _req in rows if state == "loading"]
+    degraded = [label for label, state, _req in rows if state == "degraded"]
+    down = [label for label, state, req in rows if not req and state not in ANSWERING + ("missing",)]
+    parts = [f"{what}: {', '.join(labels)}" for what, labels in (
+        ("Not ready (loading its model)", loading), ("Degraded", degraded), ("Not connected (optional)", down))
+        if labels]
+    if parts:
+        return "YELLOW", "; ".join(parts)
     return "GREEN", OVERALL["GREEN"][1]
+
+
+def overall_words(light: str, reason: str) -> str:
+    """The light's few words: for yellow, what it is about."""
+    if light != "YELLOW":
+        return OVERALL.get(light, OVERALL["OFFLINE"])[1]
+    if reason.startswith("Not ready"):
+        return "Not ready"
+    return "Degraded" if reason.startswith("Degraded") else "Optional service down"
 
 
 def overall_short(light: str, rows: list[tuple[str, bool]]) -> str:
     """The status bar's few words. rows: (state, required)."""
     if light == "OFFLINE":
         return "AI backends: monitor offline"
-    down = sum(1 for state, req in rows if state not in ("connected", "missing") or (req and state == "missing"))
-    return "AI backends: all up" if not down else f"AI backends: {down} down"
+    down = sum(1 for state, req in rows if state not in ANSWERING + ("missing",) or (req and state == "missing"))
+    loading = sum(1 for state, _req in rows if state == "loading")
+    parts = [f"{down} down"] * bool(down) + [f"{loading} not ready"] * bool(loading)
+    return "AI backends: " + (", ".join(parts) if parts else "all up")
 
 
 def plain(text: str) -> str:
@@ -221,16 +248,22 @@ def uptime_for(record: dict[str, Any] | None, rng: str) -> Any:
     return stats_for(record, rng).get("uptime")
 
 
-def queue_text(record: dict[str, Any] | None) -> str:
+def queue_text(record: dict[str, Any] | None, reason: bool = True) -> str:
+    """"1 running, 3 waiting"; a part the backend cannot tell is "unknown", and with
+    neither known the probe's note says why (Wan2GP keeps its own queue)."""
     if not record:
         return DASH
-    q = record.get("queue")
     details = record.get("details") or {}
+    running, waiting = details.get("queue_running"), details.get("queue_waiting", details.get("queue_pending"))
+    if "queue_running" in details or "queue_waiting" in details:
+        if not _num(running) and not _num(waiting):
+            note = plain(str(details.get("queue_note") or ""))
+            return f"unknown ({note})" if note and reason else "unknown"
+        return (f"{count(running) if _num(running) else 'unknown'} running, "
+                f"{count(waiting) if _num(waiting) else 'unknown'} waiting")
+    q = record.get("queue")
     if isinstance(q, dict) and _num(q.get("current")):
         return f"{count(q.get('current'))} now, peak {count(q.get('peak'))}"
-    if _num(details.get("queue_depth")):
-        return (f"{count(details['queue_depth'])} (running {count(details.get('queue_running'))}, "
-                f"pending {count(details.get('queue_pending'))})")
     return DASH
 
 
@@ -267,11 +300,22 @@ def devices_lines(record: dict[str, Any] | None) -> list[str]:
     if not isinstance(devices, list):
         return []
     out = []
-    for d in devices:
+    for k, d in enumerate(devices):
         if isinstance(d, dict):
-            name = str(d.get("name") or "device").split(":")[-1].strip() or "device"
-            out.append(f"{name}: VRAM {size(d.get('vram_free'))} free of {size(d.get('vram_total'))}")
+            out.append(f"{'GPU' if len(devices) > 1 else 'Device'} {k + 1}{' (primary)' if k == 0 and len(devices) > 1 else ''}: "
+                       f"{device_name(d.get('name'))}, VRAM {size(d.get('vram_free'))} free of "
+                       f"{size(d.get('vram_total'))}")
     return out
+
+
+def device_name(name: Any) -> str:
+    """ComfyUI names a device "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync": keep the
+    model, drop the torch device id and the allocator."""
+    text = str(name or "").split(" : ")[0].strip()
+    head, _, rest = text.partition(" ")
+    if ":" in head and rest:
+        text = rest.strip()
+    return text or "device"
 
 
 def capabilities_text(record: dict[str, Any] | None) -> str:
@@ -313,9 +357,19 @@ def llm_usage(record: dict[str, Any] | None) -> dict[str, Any]:
     return {"total_tokens": usage.get("total_tokens"), "cost_usd": usage.get("cost_usd"), "models": rows}
 
 
+HISTORY_COLUMNS = ("p50_ms", "p95_ms", "success_rate", "up_ratio")
+
+
 def history_series(history: dict[str, Any], name: str, rng: str) -> dict[str, list]:
-    """The aggregator's history for one service if it covers this range, else {}."""
+    """The aggregator's history for one service if it covers this range, else {}: its
+    columns and a `t` list for the charts. The aggregator sends one start time per service,
+    `t0`, and the reply's `step_s` (bucket k starts at t0 + k * step_s); gaps are None."""
     if not isinstance(history, dict) or history.get("range") != rng:
         return {}
     series = (history.get("services") or {}).get(name)
-    return series if isinstance(series, dict) else {}
+    step = history.get("step_s")
+    if not isinstance(series, dict) or not _num(series.get("t0")) or not _num(step) or step <= 0:
+        return {}
+    cols = {k: list(series[k]) for k in HISTORY_COLUMNS if isinstance(series.get(k), list)}
+    n = max((len(v) for v in cols.values()), default=0)
+    return {"t": [series["t0"] + k * step for k in range(n)], **cols}

@@ -149,7 +149,7 @@ def test_offline_without_aggregator_then_live_status_then_recovery(addon, procs,
         agg = procs.aggregator()
         tick_until(runtime, lambda: item("comfyui") and item("comfyui").state == "connected")
         comfy = item("comfyui")
-        assert state().online and comfy.version == "0.3.40" and comfy.last_check.count(":") == 2
+        assert state().online and comfy.version == fake.version and comfy.last_check.count(":") == 2
         assert state().overall == "GREEN", state().overall_reason  # comfyui is required by default config
         assert item("wan2gp").state == "missing"
         # The timer wrote only the window manager: a saved file does not carry it. (The bpy module
@@ -307,7 +307,8 @@ def test_local_monitor_start_stop_and_disable_stop_only_our_children(endpoints, 
             ours = [p.pid for p in runtime.RT.monitor.children.values()]
             assert len(ours) == 2
             tick_until(runtime, lambda: item("comfyui") and item("comfyui").state == "connected", timeout=30)
-            assert state().monitor_state == "running"
+            # monitor_state is refreshed once a second (housekeeping): wait for it, never assume it.
+            tick_until(runtime, lambda: state().monitor_state == "running", timeout=30)
             assert bpy.ops.movie_director.start_monitor() == {"CANCELLED"}  # never a second one
             assert bpy.ops.movie_director.stop_monitor() == {"FINISHED"}
             tick_until(runtime, lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status()
@@ -461,3 +462,35 @@ def test_without_numpy_the_add_on_still_works_and_says_why(tmp_path):
 
     done = subprocess.run([sys.executable, "-c", NO_NUMPY], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0 and "registered without numpy" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+def test_find_backends_runs_discover_as_a_child_polled_from_the_timer(addon):
+    """Contract C5: `python -m aggregator discover --json` with the monitor's interpreter and
+    environment; the operator returns at once and the timer collects the answer."""
+    import importlib.util
+
+    from blender_ui import discovery
+    runtime = addon
+    prefs().monitor_python = sys.executable
+    found = runtime.RT.discovery
+    assert bpy.ops.movie_director.find_backends() == {"FINISHED"}
+    assert found.state == discovery.RUNNING  # it returned before the child did: never blocks
+    tick_until(runtime, lambda: found.state in (discovery.DONE, discovery.FAILED), timeout=90)
+    if importlib.util.find_spec("probes.discover") is None:
+        # Until probes/discover.py exists the panel says so, in words.
+        assert found.state == discovery.FAILED and "discover is not available" in found.error, found.error
+    else:
+        assert found.state == discovery.DONE and not found.error, found.error
+        assert found.scanned > 0 and isinstance(found.found, list)
+    assert found.proc is None  # collected, not left behind
+
+
+def test_discover_reply_is_bounded_and_errors_read_as_words():
+    from blender_ui import discovery
+    reply, error = discovery.parse('{"found": [{"kind": "comfyui", "service": "comfyui", "url": "http://127.0.0.1:8188",'
+                                   ' "title": "ComfyUI", "version": "0.3.64", "detail": "' + "x" * 5000 + '"}],'
+                                   ' "scanned": 24, "written": null, "error": null}', "", 0)
+    assert error == "" and reply["scanned"] == 24 and len(reply["found"][0]["detail"]) == discovery.MAX_TEXT
+    assert discovery.line(reply["found"][0]) == "ComfyUI 0.3.64 at http://127.0.0.1:8188 (for comfyui)"
+    reply, error = discovery.parse("", "Traceback...\nmd-health: discover is not available here", 2)
+    assert reply is None and error == "Find Backends failed: md-health: discover is not available here"

@@ -141,7 +141,7 @@ def test_compare_chart_has_one_strip_per_service():
 
 def test_state_icons_differ_in_shape_not_only_colour():
     shapes = {k: charts.state_icon(k, charts.GREY, 32).reshape(32, 32, 4) for k in
-              ("connected", "connecting", "disconnected", "error", "unknown")}
+              ("connected", "connecting", "disconnected", "error", "loading", "sleeping", "degraded", "unknown")}
     ink = {k: (a[..., 0] < 0.3) & (a[..., 3] > 0.5) for k, a in shapes.items()}  # the dark symbol
     names = list(ink)
     for i, a in enumerate(names):
@@ -204,3 +204,75 @@ def test_local_monitor_state_machine_with_real_processes(tmp_path):
     while mon.update(online=False) != monitor.STOPPED and _time.monotonic() < deadline:
         _time.sleep(0.05)
     assert mon.state == monitor.STOPPED
+
+
+# -- issue 13: alive but not ready, queue running and waiting, every GPU, the history shape ----
+def test_new_states_have_words_icons_and_colours():
+    pictures_src = (ROOT / "blender_ui" / "pictures.py").read_text()
+    for state, words in (("loading", "Loading model"), ("sleeping", "Sleeping (wakes on use)"),
+                         ("degraded", "Degraded")):
+        icon, shown, tip = view.STATES[state]
+        assert shown == words and icon and tip
+        assert view.state_of({"state": state}, online=True) == state  # shown as itself, not "unknown"
+        assert f'"{state}":' in pictures_src  # a coloured picture of its own
+    assert charts.SAGE != charts.GREEN and charts.SAGE != charts.GREY
+
+
+@pytest.mark.parametrize("rows, light, words", [
+    ([("ComfyUI", "sleeping", True)], "GREEN", "All services up"),     # sleeping is healthy: never red
+    ([("ComfyUI", "loading", True)], "YELLOW", "Not ready"),           # not ready: yellow, never red
+    ([("ComfyUI", "degraded", True)], "YELLOW", "Degraded"),
+    ([("ComfyUI", "connected", True), ("RVC", "loading", False)], "YELLOW", "Not ready"),
+    ([("ComfyUI", "loading", True), ("RVC", "disconnected", True)], "RED", "Required service down"),
+    ([("ComfyUI", "connected", True), ("RVC", "disconnected", False)], "YELLOW", "Optional service down"),
+])
+def test_overall_light_with_the_new_states(rows, light, words):
+    got, reason = view.overall(rows, online=True)
+    assert (got, view.overall_words(got, reason)) == (light, words), reason
+
+
+def test_status_bar_words_count_not_ready_apart_from_down():
+    assert view.overall_short("YELLOW", [("loading", True), ("sleeping", True)]) == "AI backends: 1 not ready"
+    assert view.overall_short("RED", [("disconnected", True), ("loading", False)]) == \
+        "AI backends: 1 down, 1 not ready"
+    assert view.overall_short("GREEN", [("sleeping", True), ("degraded", False)]) == "AI backends: all up"
+
+
+def test_queue_running_and_waiting_or_unknown_with_the_reason():
+    assert view.queue_text({"details": {"queue_running": 1, "queue_waiting": 3, "queue_depth": 4}}) == \
+        "1 running, 3 waiting"
+    assert view.queue_text({"details": {"queue_running": None, "queue_waiting": 2}}) == "unknown running, 2 waiting"
+    note = "Wan2GP keeps its own task queue inside one `process_tasks` event"
+    got = view.queue_text({"details": {"queue_running": None, "queue_waiting": None, "queue_note": note}})
+    assert got == "unknown (Wan2GP keeps its own task queue inside one process_tasks event)"
+    assert view.queue_text({"details": {"queue_running": None, "queue_waiting": None, "queue_note": note}},
+                           reason=False) == "unknown"
+
+
+def test_every_gpu_is_listed_primary_first():
+    gib = 1024 ** 3
+    record = {"details": {"devices": [
+        {"name": "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync", "type": "cuda", "index": 0,
+         "vram_total": 24 * gib, "vram_free": 20 * gib},
+        {"name": "cuda:1 NVIDIA RTX A4000 : native", "type": "cuda", "index": 1, "vram_total": 16 * gib,
+         "vram_free": 16 * gib}]}}
+    lines = view.devices_lines(record)
+    assert lines == ["GPU 1 (primary): NVIDIA GeForce RTX 4090, VRAM " + _nb("20.0 GB") + " free of " + _nb("24.0 GB"),
+                     "GPU 2: NVIDIA RTX A4000, VRAM " + _nb("16.0 GB") + " free of " + _nb("16.0 GB")]
+    assert view.devices_lines({"details": {"devices": [{"name": "cpu", "vram_total": 0, "vram_free": 0}]}}) == \
+        ["Device 1: cpu, VRAM " + _nb("0 B") + " free of " + _nb("0 B")]
+
+
+def test_history_reads_t0_and_step_s():
+    """Contract C4: one start time per service and the reply's step; gaps are None."""
+    history = {"range": "1h", "step_s": 10.0, "services": {"comfyui": {
+        "t0": 1000.0, "p50_ms": [5.0, None, 7.0], "p95_ms": [9.0, None, 11.0], "success_rate": [1.0, None, 0.5],
+        "up_ratio": [1.0, None, 1.0]}}}
+    got = view.history_series(history, "comfyui", "1h")
+    assert got["t"] == [1000.0, 1010.0, 1020.0] and got["p95_ms"] == [9.0, None, 11.0]
+    assert view.history_series(history, "comfyui", "5m") == {}  # another range's reply
+    assert view.history_series(history, "rvc", "1h") == {}
+    assert view.history_series({**history, "step_s": 0}, "comfyui", "1h") == {}
+    # A chart of it: the gap stays a gap, the points land on their buckets.
+    cols = charts.columns(got["t"], got["p95_ms"], (1000.0, 1030.0), 3)
+    assert cols[0] == 9.0 and cols[2] == 11.0 and cols[1] != cols[1]  # NaN in the gap
