@@ -14,13 +14,16 @@ service expires), and an unknown value never raises one.
 
 "down" is timed by the record's `down_for_s` (seconds since the state class became
 down; disconnected <-> error flips do not reset it, see docs/metrics.md), and raises as
-soon as that reaches down_s.
+soon as that reaches down_s. Only disconnected and error are down: a service that is
+loading or sleeping answers (it is alive, only not ready), so it never raises "down", and
+it counts, like connected and degraded, towards clearing one.
 """
 from __future__ import annotations
 
 from typing import Any
 
 ALERT_NAMES = ("p95", "success", "queue", "down", "key_invalid")
+ANSWERING_STATES = ("connected", "degraded", "loading", "sleeping")  # the service is not down
 
 
 class Alert:
@@ -95,7 +98,7 @@ def conditions(rules: dict[str, Any], record: dict[str, Any], now: float) -> lis
         text = f"{svc} is {state}" + (f" for {down_for:.0f} s" if down_for is not None else "")
         # "Down longer than T" is its own timer, so it raises at once when that holds.
         out.append(("down", "state", state, limit, down_for is not None and down_for >= limit,
-                    state == "connected", 0.0, f"{text} (limit {limit:g} s)"))
+                    state in ANSWERING_STATES, 0.0, f"{text} (limit {limit:g} s)"))
     if rules.get("key_invalid"):
         providers = ((record.get("details") or {}).get("providers") or {})
         if isinstance(providers, dict) and providers:

@@ -10,12 +10,13 @@ import math
 from collections import deque
 from typing import Any, Callable
 
-from bus.protocol import STATE_UNKNOWN, Message
+from bus.protocol import STATE_DEGRADED, STATE_UNKNOWN, Message
 
 from . import alerts as alerting
 from . import sketch
 from .settings import Settings, label
-from .tiers import DOWN, UNKNOWN, UP, Agg, Tier, agg_from_row, agg_row
+from .tiers import (CLASS_NAMES, DEGRADED, DOWN, LOADING, SLEEPING, UNKNOWN, UP, Agg, Tier, agg_from_row, agg_row,
+                    uptime)
 
 PROBE_DEAD_AFTER_BEATS = 3  # missed heartbeats before a probe counts as dead
 JOB_TIMES_KEPT = 500        # recent job processing times kept for their percentiles
@@ -26,7 +27,11 @@ ALERT_EVAL_EVERY = 1.0      # seconds of clock time between alert evaluations
 # clock at least every few seconds; the aggregator shell, which reads it 4 times a second,
 # passes its own, smaller bound (server.OBSERVED_STEP).
 MAX_OBSERVED_STEP = 15.0
-STATE_CLASS = {"connected": UP, "disconnected": DOWN, "error": DOWN}  # anything else: unknown
+# A probe's state -> the class its time is credited to (anything else, "connecting" too:
+# unknown). "degraded" is no probe's word: the engine shows it for a connected service while
+# one of DEGRADING_ALERTS is active, and credits that time to DEGRADED.
+STATE_CLASS = {"connected": UP, "disconnected": DOWN, "error": DOWN, "loading": LOADING, "sleeping": SLEEPING}
+DEGRADING_ALERTS = ("p95", "queue")
 _key = sketch.key
 
 
@@ -118,6 +123,7 @@ class ServiceState:
         self.usage_since = 0.0
         self.src_since = 0.0  # when this probe (src) first reported: grace before its first heartbeat
         self.dead = False     # probe silent: shown as unknown, while `status` keeps its last report
+        self.degraded = False  # a DEGRADING_ALERTS alert is active: connected is shown as degraded
         self.down_since: float | None = None  # when the state class became down (disconnected or error)
         self.last_event = 0.0  # newest status or usage event (timings: Series.last_events)
         self.version = 0
@@ -295,6 +301,8 @@ class Engine:
     def _sync_state(self, svc: ServiceState, now: float, at: float | None = None) -> None:
         """Start a new uptime span if the effective state class changed."""
         cls = UNKNOWN if svc.dead else STATE_CLASS.get(svc.status.get("state"), UNKNOWN)
+        if cls == UP and svc.degraded:
+            cls = DEGRADED
         if cls != svc.series.cls:
             svc.series.set_state(now, cls, at)
             svc.down_since = now if cls == DOWN else None  # disconnected <-> error keeps it running
@@ -399,7 +407,20 @@ class Engine:
                     changed.add(name)
                 elif alert.active:
                     alert.value = value
+            self._sync_degraded(self.services[name], now, changed)
         return changed
+
+    def _sync_degraded(self, svc: ServiceState, now: float, changed: set[str]) -> None:
+        """Connected shows as degraded exactly while a p95 or queue alert of it is active."""
+        degraded = any((a := self.alerts.get((svc.name, n))) is not None and a.active for n in DEGRADING_ALERTS)
+        if degraded == svc.degraded:
+            return
+        svc.degraded = degraded
+        if not svc.dead and svc.status.get("state") == "connected":  # what the record shows changes
+            svc.last_change = now
+        self._sync_state(svc, now)
+        svc.version += 1
+        changed.add(svc.name)
 
     def pop_events(self) -> list[tuple[str, dict[str, Any]]]:
         events, self.events = self.events, []
@@ -489,6 +510,8 @@ class Engine:
             alert.since = float(a.get("since") or 0.0)
             alert.value, alert.threshold, alert.message = a.get("value"), a.get("threshold"), str(a.get("message", ""))
             self.alerts[(alert.service, alert.name)] = alert
+            if alert.name in DEGRADING_ALERTS:
+                self.services[alert.service].degraded = True
         return marks, loaded
 
     # -- output -----------------------------------------------------------------------
@@ -534,6 +557,8 @@ class Engine:
             state, error_kind = STATE_UNKNOWN, "probe_dead"
             error = (f"no heartbeat from {svc.src} for over {PROBE_DEAD_AFTER_BEATS} intervals; "
                      "the probe has stopped, so this service's real state is unknown")
+        elif state == "connected" and svc.degraded:
+            state = STATE_DEGRADED
         record = {
             "service": svc.name,
             "kind": s.get("kind", svc.name),
@@ -715,7 +740,7 @@ class HistoryColumns:
         columns in place (no Agg is built for them)."""
         p50s, p95s, oks, ups = self.cols
         n, c_ok, c_fail, c_sk = tier.n, tier.c_ok, tier.c_fail, tier.c_sk
-        c_up, c_down = tier.c_time[UP], tier.c_time[DOWN]
+        c_up, c_down, c_degraded = tier.c_time[UP], tier.c_time[DOWN], tier.c_time[DEGRADED]
         memo = _QUANTILES_OF_BLOB
         for k in range(self.last + 1, upto + 1):
             slot = k % n
@@ -730,7 +755,7 @@ class HistoryColumns:
                     q = memo[blob] = sketch.quantiles(dict(sketch.unpack(blob)), _MEDIAN_P95)
                 p50, p95 = q
             ok = c_ok[slot]
-            up = c_up[slot]
+            up = c_up[slot] + c_degraded[slot]
             p50s.append(p50)
             p95s.append(p95)
             oks.append(_ratio(ok, ok + c_fail[slot]))
@@ -759,26 +784,28 @@ def _ratio(part: float, whole: float) -> float | int | None:
 
 
 def _up_ratio(time) -> float | int | None:
-    return _ratio(time[UP], time[UP] + time[DOWN])
+    """tiers.uptime()'s rule: degraded counts as up; loading, sleeping and unknown as neither."""
+    up = time[UP] + time[DEGRADED]
+    return _ratio(up, up + time[DOWN])
 
 
 def bucket_row(service: str, tier: str, start: float, agg: Agg, is_open: bool) -> dict[str, Any]:
     p50, p95, p99 = sketch.quantiles(agg.bins, (0.5, 0.95, 0.99))
     count = agg.ok + agg.fail
-    known = agg.time[UP] + agg.time[DOWN]
-    return {
+    row = {
         "ts": start, "service": service, "tier": tier, "complete": not is_open,
         "count": count, "ok": agg.ok, "failed": agg.fail,
         "success_rate": agg.ok / count if count else None,
         "avg_ms": agg.sum / agg.ok if agg.ok else None,
         "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
         "min_ms": round(agg.mn, 3) if agg.ok else None, "max_ms": round(agg.mx, 3) if agg.ok else None,
-        "up_s": round(agg.time[UP], 3), "down_s": round(agg.time[DOWN], 3),
-        "unknown_s": round(agg.time[UNKNOWN], 3),
-        "uptime": agg.time[UP] / known if known > 0 else None,
-        "queue_peak": agg.qpeak if agg.qpeak >= 0 else None,
-        "errors": dict(sorted(agg.errors.items())),
     }
+    for c, name in enumerate(CLASS_NAMES):  # up_s, down_s, unknown_s, loading_s, sleeping_s, degraded_s
+        row[f"{name}_s"] = round(agg.time[c], 3)
+    row["uptime"] = uptime(agg.time)
+    row["queue_peak"] = agg.qpeak if agg.qpeak >= 0 else None
+    row["errors"] = dict(sorted(agg.errors.items()))
+    return row
 
 
 def _number(v: Any) -> bool:

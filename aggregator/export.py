@@ -16,8 +16,8 @@ from typing import Any
 from .settings import parse_duration
 
 COLUMNS = ("time", "ts", "service", "tier", "complete", "count", "ok", "failed", "success_rate", "avg_ms",
-           "p50_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "up_s", "down_s", "unknown_s", "uptime",
-           "queue_peak", "errors")
+           "p50_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "up_s", "down_s", "unknown_s", "loading_s",
+           "sleeping_s", "degraded_s", "uptime", "queue_peak", "errors")
 FORMATS = ("csv", "json")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 

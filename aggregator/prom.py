@@ -25,9 +25,10 @@ from typing import Any
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric,
                                    StateSetMetricFamily)
 
-from bus.protocol import STATE_UNKNOWN, STATES
+from bus.protocol import STATE_DEGRADED, STATE_UNKNOWN, STATES
 
 QUANTILES = (("p50_ms", "0.5"), ("p95_ms", "0.95"), ("p99_ms", "0.99"))
+USABLE = ("connected", STATE_DEGRADED)  # degraded answers, only slowly or with a long queue
 
 
 class EngineCollector:
@@ -44,7 +45,7 @@ class EngineCollector:
         state = self.state
         services = state.get("services", {})
         g = lambda name, doc, labels: GaugeMetricFamily(f"md_health_{name}", doc, labels=labels)  # noqa: E731
-        success = g("probe_success", "1 if the service is connected (usable), else 0", ["service"])
+        success = g("probe_success", "1 if the service is connected or degraded (usable), else 0", ["service"])
         alive = g("probe_alive", "1 if the service's probe is sending heartbeats", ["service"])
         required = g("service_required", "1 if the add-on needs this service", ["service"])
         st = StateSetMetricFamily("md_health_state", "the service's state: 1 for the current one, 0 for the others",
@@ -58,7 +59,8 @@ class EngineCollector:
                  ["service", "window"])
         checks = g("window_requests", "requests (checks) seen in the window", ["service", "window"])
         ok_ratio = g("success_ratio", "share of successful requests in the window", ["service", "window"])
-        uptime = g("uptime_ratio", "time connected / time with a known state, over the window", ["service", "window"])
+        uptime = g("uptime_ratio", "time up (connected or degraded) / time up or down, over the window (loading, "
+                   "sleeping and unknown time count as neither)", ["service", "window"])
         unknown = g("unknown_ratio", "share of the window with no live probe (state unknown)", ["service", "window"])
         queue = g("queue_depth", "jobs in the backend's queue", ["service"])
         tokens = CounterMetricFamily("md_health_llm_tokens", "language-model tokens used, by direction",
@@ -67,7 +69,7 @@ class EngineCollector:
         cost = CounterMetricFamily("md_health_llm_cost_usd", "estimated spend from the [prices] table",
                                    labels=["model"])
         for name, r in sorted(services.items()):
-            success.add_metric([name], 1.0 if r.get("state") == "connected" else 0.0)
+            success.add_metric([name], 1.0 if r.get("state") in USABLE else 0.0)
             alive.add_metric([name], 1.0 if r.get("probe_alive") else 0.0)
             required.add_metric([name], 1.0 if r.get("required") else 0.0)
             now_state = r.get("state") if r.get("state") in STATES else STATE_UNKNOWN

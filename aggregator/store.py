@@ -32,7 +32,9 @@ from .settings import label
 
 log = logging.getLogger("aggregator.store")
 
-SCHEMA_VERSION = 1
+# 2: buckets gained loading, sleeping and degraded seconds. A version-1 file is upgraded in
+# place (three nullable columns added; its rows read as 0 s of each).
+SCHEMA_VERSION = 2
 FILENAME = "metrics.sqlite3"
 
 _SCHEMA = """
@@ -40,13 +42,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS buckets (
     service TEXT NOT NULL, tier TEXT NOT NULL, k INTEGER NOT NULL,
     ok INTEGER, fail INTEGER, sum REAL, mn REAL, mx REAL, up REAL, down REAL, unk REAL, qpeak REAL,
-    sketch BLOB, errors TEXT,
+    sketch BLOB, errors TEXT, loading REAL, sleeping REAL, degraded REAL,
     PRIMARY KEY (service, tier, k)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS services (
     service TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (
     service TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (service, name));
 """
+
+
+# A row as Engine.rows_to_persist gives it: service, tier, k, then tiers.agg_row()'s columns.
+BUCKET_COLUMNS = "service,tier,k,ok,fail,sum,mn,mx,up,down,unk,qpeak,sketch,errors,loading,sleeping,degraded"
+UPGRADE_COLUMNS = ("loading", "sleeping", "degraded")  # added in schema 2
 
 
 class StoreUnavailable(RuntimeError):
@@ -73,7 +80,8 @@ class Store:
             self.db = self._connect()
             with self.db:
                 self.db.executescript(_SCHEMA)
-                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._upgrade()
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(f"cannot write {self.path}: {exc}") from None
 
@@ -86,6 +94,13 @@ class Store:
         # and it keeps the process's memory flat once the cache has filled.
         db.execute("PRAGMA cache_size=-512")
         return db
+
+    def _upgrade(self) -> None:
+        """Bring an older file's tables to this schema (CREATE TABLE IF NOT EXISTS left them)."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(buckets)")}
+        for column in UPGRADE_COLUMNS:
+            if column not in have:
+                self.db.execute(f"ALTER TABLE buckets ADD COLUMN {column} REAL")
 
     def _check_existing(self) -> str | None:
         """Why the existing file cannot be used, or None if it can."""
@@ -139,7 +154,8 @@ class Store:
         batch = engine.rows_to_persist(self._flushed)
         try:
             with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO buckets VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                self.db.executemany(f"INSERT OR REPLACE INTO buckets ({BUCKET_COLUMNS}) "
+                                    f"VALUES ({','.join('?' * len(BUCKET_COLUMNS.split(',')))})",
                                     batch["buckets"])
                 self.db.executemany("DELETE FROM buckets WHERE service=? AND tier=? AND k<?", batch["deletes"])
                 self.db.executemany("INSERT OR REPLACE INTO services VALUES (?,?)",
@@ -179,7 +195,7 @@ class Store:
         for name in services:
             for tname in tier_names:
                 buckets[(name, tname)] = self.db.execute(
-                    "SELECT k, ok, fail, sum, mn, mx, up, down, unk, qpeak, sketch, errors FROM buckets "
+                    f"SELECT {BUCKET_COLUMNS.split(',', 2)[2]} FROM buckets "
                     "WHERE service=? AND tier=? ORDER BY k", (name, tname)).fetchall()
         alerts = [_unpack(data) for (data,) in self.db.execute("SELECT data FROM alerts")]
         marks, loaded = engine.load_rows(services, buckets, alerts)

@@ -16,6 +16,9 @@ STATE_WORDS = {
     "disconnected": ("\033[31m", "✖ Disconnected"),
     "error": ("\033[35m", "▲ Error"),
     "unknown": ("\033[90m", "? Unknown"),
+    "loading": ("\033[33m", "◔ Loading"),
+    "sleeping": ("\033[36m", "☾ Sleeping"),
+    "degraded": ("\033[38;5;208m", "◑ Degraded"),
 }
 RESET = "\033[0m"
 

@@ -8,8 +8,10 @@ cannot be "un-added", are rescanned, and only when a bucket enters or leaves).
 Flow (lazy, so the per-event path touches only the open 1 s bucket):
 - events go into tier 0's open bucket;
 - when that bucket closes, its events are merged into every coarser tier's open bucket;
-- state time (up / down / unknown seconds) is credited to every tier's open bucket at
-  each bucket boundary and each state change, split exactly at bucket edges.
+- state time is credited to every tier's open bucket at each bucket boundary and each
+  state change, split exactly at bucket edges, into one of six classes (CLASS_NAMES): up,
+  down, unknown, and the three "alive but not ready" shares (loading, sleeping: a probe's
+  report; degraded: connected with a p95 or queue alert active). uptime() says how they count.
 
 Columns are `array`s (4-8 bytes per bucket) and sketches packed `bytes`, which is what
 keeps 5 services x 2,100 buckets well under 2 MB.
@@ -23,7 +25,9 @@ from typing import Any
 
 from . import sketch
 
-UP, DOWN, UNKNOWN = 0, 1, 2
+UP, DOWN, UNKNOWN, LOADING, SLEEPING, DEGRADED = range(6)
+CLASSES = (UP, DOWN, UNKNOWN, LOADING, SLEEPING, DEGRADED)
+CLASS_NAMES = ("up", "down", "unknown", "loading", "sleeping", "degraded")  # the *_s keys: up_s, ...
 INF = float("inf")
 
 
@@ -39,7 +43,7 @@ class Agg:
         self.mn = INF
         self.mx = -INF
         self.errors: dict[str, int] = {}
-        self.time = [0.0, 0.0, 0.0]  # seconds up, down, unknown
+        self.time = [0.0] * len(CLASSES)  # seconds per state class (CLASS_NAMES)
         self.qpeak = -1.0  # highest queue depth seen; -1: none reported
 
     def merge_events(self, other: "Agg") -> None:
@@ -72,20 +76,35 @@ def decode_errors(text: str | None) -> dict[str, int]:
     return out
 
 
+def uptime(time) -> float | None:
+    """The uptime rule (docs/metrics.md): up / (up + down), where degraded counts as up (it
+    answers) and loading, sleeping and unknown count as neither (alive but not ready, or
+    not watched: evidence of neither up nor down). None when nothing counts."""
+    up = time[UP] + time[DEGRADED]
+    known = up + time[DOWN]
+    return up / known if known > 0 else None
+
+
 def agg_row(a: Agg) -> tuple:
-    """A bucket as a plain row: ok, fail, sum, mn, mx, up, down, unknown, qpeak, sketch, errors
-    (the store's columns; None for an empty min/max, packed bins, encoded errors)."""
+    """A bucket as a plain row: ok, fail, sum, mn, mx, up, down, unknown, qpeak, sketch, errors,
+    loading, sleeping, degraded (the store's columns; None for an empty min/max, packed bins,
+    encoded errors). The three later classes come last, so rows written before they existed
+    are a prefix of this layout."""
+    t = a.time
     return (a.ok, a.fail, a.sum, a.mn if a.mn != INF else None, a.mx if a.mx != -INF else None,
-            a.time[0], a.time[1], a.time[2], a.qpeak, sketch.pack(a.bins), encode_errors(a.errors) or None)
+            t[UP], t[DOWN], t[UNKNOWN], a.qpeak, sketch.pack(a.bins), encode_errors(a.errors) or None,
+            t[LOADING], t[SLEEPING], t[DEGRADED])
 
 
 def agg_from_row(row) -> Agg:
-    """The bucket of an agg_row() row."""
+    """The bucket of an agg_row() row, or of an older 11-column one (no loading, sleeping or
+    degraded time: none was kept then, so it is 0)."""
     a = Agg()
-    a.ok, a.fail, a.sum, mn, mx, up, down, unk, qpeak, blob, errors = row
+    a.ok, a.fail, a.sum, mn, mx, up, down, unk, qpeak, blob, errors = row[:11]
+    loading, sleeping, degraded = (tuple(row[11:14]) + (None, None, None))[:3]
     a.mn = INF if mn is None else mn
     a.mx = -INF if mx is None else mx
-    a.time = [up or 0.0, down or 0.0, unk or 0.0]
+    a.time = [up or 0.0, down or 0.0, unk or 0.0, loading or 0.0, sleeping or 0.0, degraded or 0.0]
     a.qpeak = -1.0 if qpeak is None else qpeak
     a.bins = dict(sketch.unpack(blob))
     a.errors = decode_errors(errors)
@@ -115,7 +134,7 @@ class Tier:
         self.c_sum = array("d", bytes(8 * n))
         self.c_mn = array("f", [INF]) * n
         self.c_mx = array("f", [-INF]) * n
-        self.c_time = [array("f", bytes(4 * n)) for _ in range(3)]
+        self.c_time = [array("f", bytes(4 * n)) for _ in CLASSES]
         self.c_q = array("f", [-1.0]) * n
         self.c_sk: list[bytes | None] = [None] * n
         self.c_err: dict[int, str] = {}  # slot -> encoded errors, only for buckets that had any
@@ -187,7 +206,7 @@ class Tier:
         """Restore the open bucket (from disk)."""
         if not self.live:
             self._add_events(self.acc, -1)
-            for c in (UP, DOWN, UNKNOWN):
+            for c in CLASSES:
                 self.win.time[c] += agg.time[c] - self.acc.time[c]
             self._add_events(agg, 1)
         self.acc = agg
@@ -227,7 +246,7 @@ class Tier:
         if agg.errors:
             self.c_err[slot] = encode_errors(agg.errors)
         win = self.win
-        for cls in (UP, DOWN, UNKNOWN):
+        for cls in CLASSES:
             self.c_time[cls][slot] = agg.time[cls]
             stored = self.c_time[cls][slot]  # float32: the window holds what expiry will take out
             win.time[cls] += stored if (self.live or shift) else stored - agg.time[cls]
@@ -245,7 +264,7 @@ class Tier:
         win.ok -= self.c_ok[slot]
         win.fail -= self.c_fail[slot]
         win.sum -= self.c_sum[slot]
-        for cls in (UP, DOWN, UNKNOWN):
+        for cls in CLASSES:
             win.time[cls] = max(0.0, win.time[cls] - self.c_time[cls][slot])
         if self.c_sk[slot]:
             self._add_bins(sketch.unpack(self.c_sk[slot]), -1)
@@ -292,14 +311,13 @@ class Tier:
                 errors = dict(errors)
                 for kind, n in a.errors.items():
                     errors[kind] = errors.get(kind, 0) + n
-            for c in (UP, DOWN, UNKNOWN):
+            for c in CLASSES:
                 time[c] += a.time[c]
             extra = a.bins
         time[time_extra[0]] += time_extra[1]
         p50, p95, p99 = self.quantiles((0.5, 0.95, 0.99), extra)
         count = ok + fail
-        known = time[UP] + time[DOWN]
-        observed = known + time[UNKNOWN]
+        observed = sum(time)
         return {
             "count": count,
             "avg_ms": total_sum / ok if ok else None,
@@ -307,12 +325,15 @@ class Tier:
             "min_ms": round(mn, 3) if ok else None,  # ring columns hold float32: show whole microseconds
             "max_ms": round(mx, 3) if ok else None,
             "success_rate": ok / count if count else None,
-            "uptime": time[UP] / known if known > 0 else None,
+            "uptime": uptime(time),
             "unknown_ratio": time[UNKNOWN] / observed if observed > 0 else None,
             "rpm": count / (covered_s / 60.0) if covered_s > 0 else None,
             "errors_by_kind": dict(errors),
             "queue_peak": qpeak if qpeak >= 0 else None,
             "up_s": time[UP], "down_s": time[DOWN], "unknown_s": time[UNKNOWN],
+            "loading_s": time[LOADING], "sleeping_s": time[SLEEPING], "degraded_s": time[DEGRADED],
+            # Each class's share of the time the window has seen (they add up to 1).
+            "shares": {name: time[c] / observed if observed > 0 else None for c, name in enumerate(CLASS_NAMES)},
         }
 
     def buckets(self, since: float = -INF):
@@ -330,7 +351,7 @@ class Tier:
         a = Agg()
         a.ok, a.fail, a.sum = self.c_ok[slot], self.c_fail[slot], self.c_sum[slot]
         a.mn, a.mx, a.qpeak = self.c_mn[slot], self.c_mx[slot], self.c_q[slot]
-        a.time = [self.c_time[c][slot] for c in (UP, DOWN, UNKNOWN)]
+        a.time = [self.c_time[c][slot] for c in CLASSES]
         a.errors = decode_errors(self.c_err.get(slot))
         a.bins = dict(sketch.unpack(self.c_sk[slot]))
         return a

@@ -180,3 +180,70 @@ def test_damage_found_during_restore_is_quarantined_too(endpoints, procs, client
     assert client.aggregator["persistence"]["mode"] == "sqlite"
     assert "quarantined" in (client.aggregator["persistence"]["quarantined"] or "")
     assert "Traceback" not in procs.output(agg)
+
+
+# The schema-1 file as the aggregator wrote it before the loading, sleeping and degraded shares.
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE buckets (
+    service TEXT NOT NULL, tier TEXT NOT NULL, k INTEGER NOT NULL,
+    ok INTEGER, fail INTEGER, sum REAL, mn REAL, mx REAL, up REAL, down REAL, unk REAL, qpeak REAL,
+    sketch BLOB, errors TEXT,
+    PRIMARY KEY (service, tier, k)) WITHOUT ROWID;
+CREATE TABLE services (service TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE alerts (service TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (service, name));
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def test_new_shares_survive_a_restart_and_older_rows_without_them_still_load(tmp_path):
+    import msgpack
+
+    clock = Clock()
+    engine = Engine(clock)
+    beat(engine)
+    for state, seconds in (("loading", 40), ("connected", 30), ("sleeping", 20)):
+        for _ in range(seconds):
+            clock.t += 1
+            beat(engine)
+            status(engine, "x", state)
+            timing(engine, "x", 80.0)
+            engine.tick()
+    before = engine.record("x")["windows"]
+    # this version's file keeps every share
+    new_dir = tmp_path / "new"
+    store = Store(new_dir)
+    store.flush(engine)
+    store.close()
+    again = Engine(clock)
+    Store(new_dir).restore(again)
+    after = again.record("x")["windows"]
+    for window in ("5m", "1h", "24h"):
+        for key in ("up_s", "loading_s", "sleeping_s", "uptime", "count"):
+            assert after[window][key] == pytest.approx(before[window][key], abs=0.01), (window, key)
+        assert after[window]["loading_s"] == pytest.approx(40.0, abs=1.01)
+    # a schema-1 file (rows without the three new columns) loads, and is upgraded in place
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    db = sqlite3.connect(old_dir / FILENAME)
+    db.executescript(_SCHEMA_1)
+    batch = engine.rows_to_persist({})
+    db.executemany("INSERT INTO buckets VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [row[:14] for row in batch["buckets"]])
+    db.executemany("INSERT INTO services VALUES (?,?)",
+                   [(n, msgpack.packb(d, use_bin_type=True)) for n, d in batch["services"]])
+    db.commit()
+    db.close()
+    old = Engine(clock)
+    store = Store(old_dir)
+    assert store.restore(old) > 0
+    w = old.record("x")["windows"]["5m"]
+    assert w["up_s"] == pytest.approx(before["5m"]["up_s"], abs=0.01) and w["count"] == before["5m"]["count"]
+    assert w["loading_s"] == 0.0 and w["sleeping_s"] == 0.0 and w["degraded_s"] == 0.0  # none was kept then
+    assert w["down_s"] == 0.0
+    clock.t += 5
+    store.flush(old)  # and it writes this version's rows into the upgraded file
+    store.close()
+    db = sqlite3.connect(old_dir / FILENAME)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert db.execute("SELECT count(*) FROM buckets WHERE loading IS NOT NULL").fetchone()[0] > 0
+    db.close()
