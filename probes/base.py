@@ -19,6 +19,7 @@ from bus.protocol import Publisher, Rejection, decode
 from bus.sockets import Endpoints, close, drain, new_context, pub_socket, sub_socket
 
 from .http import ProbeError
+from .liveness import LivenessChannel, local_address
 
 log = logging.getLogger("probes")
 
@@ -84,6 +85,12 @@ class Probe:
 
     def close_watch(self) -> None:
         pass
+
+    # -- the liveness channel (probes/liveness.py): a held idle TCP connection to the backend's
+    # port reveals its death at once, and a cheap connect while it is down reveals its return.
+    def liveness_address(self) -> tuple[str, int] | None:
+        """(host, port) to hold, or None: by default the URL's, when it is on this machine."""
+        return local_address(self.url)
 
     def usage(self, vram_used_bytes: int | None = None, url: str | None = None) -> dict[str, Any]:
         """Resource use of the backend's process (when it runs here) and of this host."""
@@ -231,6 +238,7 @@ class ProbeRunner:
         self.src = f"probe.{probe.service}"
         self.clock = clock
         self.last_check = -math.inf
+        self.liveness: LivenessChannel | None = None  # opened by run() for a backend on this machine
         self._last_status: dict[str, Any] | None = None  # the body last published, to repeat to a newcomer
 
     def run(self) -> None:
@@ -250,6 +258,9 @@ class ProbeRunner:
         watch = self.probe.open_watch(ctx)
         if watch is not None:
             poller.register(watch, zmq.POLLIN)
+        address = self.probe.liveness_address()
+        if address is not None:
+            self.liveness = LivenessChannel(address, poller, self.clock)
         worker = ThreadPoolExecutor(1, thread_name_prefix=f"check-{self.probe.service}")
 
         def wait(seconds: float) -> tuple[bool, bool]:
@@ -260,6 +271,10 @@ class ProbeRunner:
                 self._publish_status_again()
             refresh = control in ready and self._refresh_requested(control)
             pushed = watch is not None and watch in ready and self.probe.on_watch(watch)
+            # The port closed for good (death) or listens again (return): check now, whatever
+            # the backoff, exactly as a person's refresh does; the damping stays the check's.
+            if self.liveness is not None and self.liveness.handle(ready):
+                refresh = True
             return refresh, pushed
 
         try:
@@ -267,6 +282,8 @@ class ProbeRunner:
         finally:
             worker.shutdown(wait=False, cancel_futures=True)
             self.probe.close_watch()
+            if self.liveness is not None:
+                self.liveness.close()
             close(pub, control)
             if watch is not None:
                 close(watch)
@@ -278,7 +295,8 @@ class ProbeRunner:
         says (refresh asked, pushed news); `submit(fn)` starts a check and returns its Future."""
         clock = self.clock
         pending: Future | None = None
-        again = False  # a refresh or event arrived while a check was running
+        again = False  # a refresh arrived while a check was running: check again right after it
+        nudged = False  # pushed news arrived while a check was running: check again after the gap
         next_check = next_beat = started = clock()
         self._publish_status(CheckResult(False), "connecting")
         while not self.stop.is_set():
@@ -294,11 +312,14 @@ class ProbeRunner:
                 # The pause runs from the check's start, so "at most 30 s apart" holds whatever
                 # the check took; a check that overran its pause is still followed by a short rest.
                 next_check = clock() if again else max(started + self.pause, clock() + MIN_EVENT_GAP)
-                again = False
+                if nudged:  # the running check may have missed what was pushed
+                    next_check = min(next_check, clock() + MIN_EVENT_GAP)
+                again = nudged = False
             if pending is None and clock() >= next_check:
                 started = clock()
                 pending = submit(self._run_check)
-            pause = 0.02 if pending is not None else max(0.0, min(next_check, next_beat) - clock())
+            wake = min(next_check, next_beat, self.liveness.wake_at() if self.liveness is not None else math.inf)
+            pause = 0.02 if pending is not None else max(0.0, wake - clock())
             refresh, pushed = wait(min(pause, IDLE_WAKE))
             if refresh:
                 self.machine.retry_briskly()  # a person asked: check now, and retry briskly again
@@ -307,6 +328,7 @@ class ProbeRunner:
             if pushed:
                 # Pushed news (socket dropped, queue changed): check now, but bursts coalesce.
                 next_check = min(next_check, max(clock(), self.last_check + MIN_EVENT_GAP))
+                nudged = pending is not None
 
     @property
     def pause(self) -> float:
@@ -346,6 +368,11 @@ class ProbeRunner:
         state = self.machine.update(result)
         if self.machine.pace == StateMachine.BACKING_OFF:
             result.details["retry_in_s"] = round(self.pause, 3)
+        if self.liveness is not None:
+            # Knock on the port only while it is not shown up; while up, the held socket is enough.
+            self.liveness.checked(result.error_kind == "refused",
+                                  knocking=state in ("connecting", "disconnected", "error"))
+            result.details["liveness"] = self.liveness.state
         self._publish_status(result, state)
         return result
 
