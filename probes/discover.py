@@ -85,12 +85,18 @@ def _gradio(base: str, timeout: float) -> dict | None:
                          ui_heading)
 
     resp = get(base + "/config", timeout, max_bytes=CONFIG_MAX_BYTES)
+    login = {"kind": "unknown", "service": None, "url": base, "title": "", "version": None,
+             "detail": "a login-protected Gradio app: the probes cannot pass its login; launch it without auth"}
+    if resp.status in (401, 403) and b"not authenticated" in resp.body.lower():  # Gradio 3-5 with auth
+        return login
     if resp.status != 200:
         return None
     try:
         cfg = resp.json()
     except ProbeError:
         return None
+    if isinstance(cfg, dict) and cfg.get("auth_required") is True:  # Gradio 6 with auth: a stub config
+        return login
     if not isinstance(cfg, dict) or not isinstance(cfg.get("version"), str) or not (
             "components" in cfg or "dependencies" in cfg):
         return None

@@ -444,7 +444,9 @@ class ProviderCheck:
             info = body if isinstance(body, dict) else {}
         if info.get("role") == "router":
             return self._llamacpp_router(headers)
-        o = self.valid(self.listing(self.json(self.get("/v1/models", headers), "/v1/models"), "data", "id"))
+        build = info.get("build_info")
+        o = self.valid(self.listing(self.json(self.get("/v1/models", headers), "/v1/models"), "data", "id"),
+                       version=build[:40] if isinstance(build, str) and build else None)
         if info.get("is_sleeping") is True:
             o.state, o.reason = "sleeping", "llama.cpp is sleeping (--sleep-idle-seconds); the next request reloads it"
         return o

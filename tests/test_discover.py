@@ -86,10 +86,13 @@ def test_scan_finds_each_backend_on_shuffled_ports(real_gradio_apps):
     old_lmstudio.native = False
     hang = FakeBackend()
     hang.mode = "hang"
+    login = FakeBackend()  # a Gradio 6 app launched with auth: /config is a stub without a version
+    login.routes = {"/config": lambda fake, params: {"auth_required": True, "auth_message": None, "components": [],
+                                                     "dependencies": [], "pages": [""], "current_page": ""}}
     fakes = {"comfyui": FakeComfyUI(), "rvc314": FakeGradio("rvc"), "audioldm350": FakeGradio("audioldm"),
              "other": FakeGradio("other"), "ollama": FakeOllama(), "llamacpp": FakeLlamaCpp(), "router": router,
              "loading": loading, "lmstudio": FakeLMStudio(), "old_lmstudio": old_lmstudio,
-             "rvc_python": FakeRVCPython(), "hang": hang}
+             "rvc_python": FakeRVCPython(), "hang": hang, "login": login}
     for f in fakes.values():
         f.start()
     try:
@@ -128,6 +131,7 @@ def test_scan_finds_each_backend_on_shuffled_ports(real_gradio_apps):
     assert at("old_lmstudio", "/v1")["kind"] == "lmstudio"
     assert (at("rvc_python")["kind"], at("rvc_python")["service"]) == ("rvc-python", "rvc")
     assert at("hang")["kind"] == "unknown" and "no HTTP answer" in at("hang")["detail"]
+    assert at("login")["kind"] == "unknown" and "login-protected Gradio app" in at("login")["detail"]
     assert f"http://127.0.0.1:{ports['closed']}" not in found
     # One finding per config table; the unknown and the unnamed Gradio app go nowhere.
     chosen = discover.choose(list(found.values()))
