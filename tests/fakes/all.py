@@ -17,13 +17,13 @@ import argparse
 import os
 import time
 
-from .comfyui import FakeComfyUI
+from .comfyui import RTX_3090, RTX_4090, FakeComfyUI
 from .gradio import FakeGradio
 from .llm import FAKE_KEY, FakeAnthropic, FakeAzureOpenAI, FakeLlamaCpp, FakeLMStudio, FakeOllama, FakeOpenAI
 
 # name: (port, factory)
 FAKES = {
-    "comfyui": (8188, lambda p: FakeComfyUI(p)),
+    "comfyui": (8188, lambda p: FakeComfyUI(p, devices=[RTX_4090, RTX_3090])),  # every GPU shown
     "wan2gp": (7860, lambda p: FakeGradio("wan2gp", p)),
     "rvc": (7865, lambda p: FakeGradio("rvc", p)),
     "audioldm": (7863, lambda p: FakeGradio("audioldm", p)),
