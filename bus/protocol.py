@@ -245,7 +245,8 @@ def decode(frame: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Message | Rejectio
         # Only zero-length bytes and extensions get past the unpack limits, and a non-finite
         # float is a float like any other to msgpack; walk the body for them just when such
         # bytes occur at all (rare, and a false alarm costs one walk).
-        if (_non_finite_hint(frame) or _has_zero_length_header(frame)) and (what := _not_plain(body)):
+        if (((0x7F in frame or 0xFF in frame) and _non_finite_hint(frame)) or _has_zero_length_header(frame)) \
+                and (what := _not_plain(body)):
             return Rejection("wrong_type", f"{topic} body is not plain data: {what}", src[:64])
         # Over MAX_DETAILS_KEYS keys or MAX_ERROR_CHARS characters takes more than 512 bytes,
         # so the common small status skips the call.
