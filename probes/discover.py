@@ -372,7 +372,8 @@ def _describe(f: dict) -> str:
     name = NAMES.get(f["kind"], f["kind"])
     if f["kind"] == "gradio":
         who = NAMES[f["service"]] if f["service"] else "a Gradio app"
-        what = f"{who} ({f['title']}, Gradio {f['version']})" if f["service"] else f"{f['title']} (Gradio {f['version']})"
+        what = (f"{who} ({f['title']}, Gradio {f['version']})" if f["service"]
+                else f"{f['title']} (Gradio {f['version']})")
     elif f["kind"] == "unknown":
         return f"  {f['url']}: {f['detail']}"
     else:

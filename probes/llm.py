@@ -59,11 +59,11 @@ DEFAULT_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api
 LLAMACPP_PORTS = ("http://127.0.0.1:8080", "http://127.0.0.1:9931")
 # Provider states. The first three are usable (the provider answers and can serve a request).
 USABLE = ("valid", "loading", "sleeping")
-MAX_ROUTER_MODELS = 50
+MAX_ROUTER_MODELS = 50  # router model states (and loaded models) carried on the bus; the count stays exact
 # A provider's answer that is a verdict, and the service's error_kind for it, most pressing first.
 # 529 is the provider's own state (overloaded), not the key's: its own kind.
 ERROR_KINDS = {"invalid": "auth", "spend_limit": "spend_limit", "failed": "model_failed",
-               "rate_limited": "rate_limited", "overloaded": "provider_overloaded"}  # router model states carried on the bus (the count stays exact)
+               "rate_limited": "rate_limited", "overloaded": "provider_overloaded"}
 # Where a person puts the key or URL, named in error messages.
 KEY_HINT = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
             "azure": "AZURE_OPENAI_API_KEY (or AZURE_API_KEY)"}
@@ -417,9 +417,10 @@ class ProviderCheck:
                     if isinstance(inst, list) and inst:
                         loaded.add(m["key"])
                         for i in inst[:4]:
-                            cfg = i.get("config") if isinstance(i, dict) else None
-                            instances.append({"model": m["key"], "id": str(i.get("id", ""))[:120] if isinstance(i, dict) else "",
-                                              "context_length": cfg.get("context_length") if isinstance(cfg, dict) else None})
+                            i = i if isinstance(i, dict) else {}
+                            cfg = i.get("config") if isinstance(i.get("config"), dict) else {}
+                            instances.append({"model": m["key"], "id": str(i.get("id", ""))[:120],
+                                              "context_length": cfg.get("context_length")})
                 return self.ready_as(models, loaded, "is not loaded; LM Studio loads it on the first request "
                                      "(just-in-time loading, on by default)",
                                      extra={"api": "v1", "loaded": instances[:MAX_ROUTER_MODELS]})
@@ -595,12 +596,13 @@ class LLMProbe(Probe):
         active_provider, available = self._active(outcomes)
         ollama = outcomes["ollama"]
         vram = ollama.extra.get("vram_used_bytes") if ollama.usable else None
+        ollama_url = self.providers["ollama"].url if ollama.configured else ""
         result.details = {
             "active_model": self.active_model,
             "active_provider": active_provider,
             "active_model_available": available,
             "providers": providers,
-            "resources": self.usage(vram, url=(ollama.url or self.providers["ollama"].url) if ollama.configured else ""),
+            "resources": self.usage(vram, url=ollama_url),
         }
         versions = [f"{NAMES[n]} {outcomes[n].version}" for n in usable if outcomes[n].version]
         result.version = ", ".join(versions)

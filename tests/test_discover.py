@@ -101,7 +101,7 @@ def test_scan_finds_each_backend_on_shuffled_ports(real_gradio_apps):
         ports["closed"] = free_port()
         order = list(ports.values())
         random.shuffle(order)
-        found = {f["url"]: f for f in discover.scan(ports=order, timeout=3.0)}
+        found = {f["url"]: f for f in discover.scan(ports=order, timeout=10.0)}  # generous: a loaded machine
     finally:
         for f in fakes.values():
             f.stop()
@@ -206,7 +206,7 @@ def test_write_refuses_what_it_cannot_edit_safely(tmp_path, text, capsys):
     path.write_text(text)
     fake = FakeComfyUI().start()
     try:
-        rc = discover.cli_main(["--port", str(fake.port), "--write", "--config", str(path)])
+        rc = discover.cli_main(["--port", str(fake.port), "--write", "--config", str(path), "--timeout", "10"])
     finally:
         fake.stop()
     err = capsys.readouterr().err
@@ -220,6 +220,7 @@ def test_cli_json_and_write_through_python_m(tmp_path):
     path = tmp_path / "new" / "config.toml"  # no file yet: it is created
     try:
         out = subprocess.run([sys.executable, "-m", "probes.discover", "--json", "--write", "--config", str(path),
+                              "--timeout", "10",
                               "--port", str(gradio_app.port), "--port", str(ollama.port), "--port", str(free_port())],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     finally:
@@ -240,7 +241,7 @@ def test_cli_json_and_write_through_python_m(tmp_path):
 def test_cli_words_and_hosts(capsys):
     fake = FakeGradio("other").start()
     try:
-        assert discover.cli_main(["--port", str(fake.port)]) == 0
+        assert discover.cli_main(["--port", str(fake.port), "--timeout", "10"]) == 0
     finally:
         fake.stop()
     out = capsys.readouterr().out

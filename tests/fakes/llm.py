@@ -8,7 +8,9 @@ error.details.error_code "enforced_spend_limit_reached" and no retry-after), `ov
 model"; `sleeping`: /props is_sleeping) or, with `router` set to {model: status}, router mode's
 /models; it records every query it was sent in `queries`, and a router request naming a model
 loads that model, as the real router does. LM Studio's fake serves 0.4's /api/v1/models with
-loaded_instances[] (`native = False`: an older build without it). The OpenAI fake echoes the whole presented key in its 401
+loaded_instances[] (`native = False`: an older build without it).
+
+The OpenAI fake echoes the whole presented key in its 401
 message (the real one echoes a masked part): the probe must never pass that on.
 
 Run one by hand:  .venv/bin/python -m tests.fakes.llm --provider openai --port 8901
