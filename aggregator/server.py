@@ -140,7 +140,7 @@ class Aggregator:
         self._pending: OrderedDict[bytes, deque[bytes]] = OrderedDict()
         self._pending_count = 0
         self._pending_bytes = 0
-        self._histories: dict[str, tuple[float, bytes]] = {}  # range -> (built at, packed history)
+        self._histories: dict[tuple, tuple[float, bytes]] = {}  # (range, points) -> (built at, packed history)
         self._live: tuple[int, int, bytes] | None = None  # (publisher seq, state keys, packed entries but history)
         self.loop_errors = 0
         self.collector = None
@@ -466,12 +466,15 @@ class Aggregator:
         rid = msg.body.get("id")
         try:
             if op == "snapshot":
-                history_range = msg.body.get("range", "5m")
+                history_range, points = msg.body.get("range", "5m"), msg.body.get("points")
                 known = self._ranges()
                 if history_range not in known:
                     return self._reply(op, {"ok": False, "id": rid, "error": f"unknown range {str(history_range)[:40]!r} "
                                             f"(known: {', '.join(known)})"})
-                return self._snapshot_frame(history_range, rid)
+                if points is not None and (type(points) is not int or points < 1):
+                    return self._reply(op, {"ok": False, "id": rid, "error": "points must be a whole number >= 1 "
+                                            "(the most trailing history points wanted), or absent for all"})
+                return self._snapshot_frame(history_range, rid, points)
             body = self.handle(op, msg.body)
             body.setdefault("id", rid)
             return self._reply(op, body)
@@ -488,7 +491,7 @@ class Aggregator:
         # on the update stream, so they must not make a gap there).
         return encode(f"reply.{op if _OP.fullmatch(op) else 'error'}", "aggregator", self.publisher.seq, body)
 
-    def _snapshot_frame(self, history_range: str, rid: Any) -> bytes:
+    def _snapshot_frame(self, history_range: str, rid: Any, points: int | None = None) -> bytes:
         """`reply.snapshot` {ok, seq, state, id}, packed from two cached parts so a burst of
         late joiners costs one build, not one each:
 
@@ -506,12 +509,13 @@ class Aggregator:
             state = self.engine.state(None)
             state["instance"] = self.instance
             self._live = (seq, len(state) + 1, b"".join(packb(k) + packb(v) for k, v in state.items()))
-        hist = self._histories.get(history_range)
+        key = (history_range, points)
+        hist = self._histories.get(key)
         if hist is None or now - hist[0] > HISTORY_REUSE:
-            hist = (now, packb("history") + packb(self.engine.history(history_range)))
-            if len(self._histories) >= 8:  # ranges are few; an odd one must not pile up
+            hist = (now, packb("history") + packb(self.engine.history(history_range, points)))
+            if len(self._histories) >= 8:  # ranges are few, `points` mostly one value; odd ones must not pile up
                 self._histories.clear()
-            self._histories[history_range] = hist
+            self._histories[key] = hist
         nstate, entries = self._live[1], self._live[2] + hist[1]
         state_bytes = bytes([0x80 | nstate]) + entries  # a fixmap: the state has a handful of keys
         # Same bytes encode() would produce for {ok, seq, state, id}.

@@ -109,3 +109,37 @@ def test_a_snapshot_reply_is_never_older_than_an_update_already_published(endpoi
             assert after["state"]["history"]["range"] == "5m"
     finally:
         close(asker)
+
+
+def test_snapshot_points_asks_for_at_most_that_many_trailing_history_points(endpoints, client, served):
+    """Contract C4: `points` in request.snapshot reaches the engine's history; a bad value is refused."""
+    _, ctx, pub = served
+    asker = dealer_socket(ctx, endpoints.requests)
+
+    def ask(body: dict) -> dict:
+        rid = f"r{time.monotonic_ns()}"
+        asker.send(encode("request.snapshot", "t", 0, {"id": rid, **body}))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if asker.poll(100):
+                msg = decode(asker.recv(), max_bytes=MAX_REPLY_BYTES)
+                assert msg, msg
+                if msg.body["id"] == rid:
+                    return msg.body
+        raise AssertionError("no snapshot reply")
+
+    try:
+        def history_long():  # at least 5 one-second buckets for s1
+            pub.send("timing.s1", {"service": "s1", "endpoint": "/", "duration_ms": 2.0, "ok": True})
+            cols = ask({"range": "5m"})["state"]["history"]["services"].get("s1")
+            return cols if cols and len(cols["p50_ms"]) >= 5 else None
+        full = wait_for(history_long, timeout=60, every=0.5)
+        short = ask({"range": "5m", "points": 3})["state"]["history"]
+        cols = short["services"]["s1"]
+        assert all(len(cols[k]) == 3 for k in ("p50_ms", "p95_ms", "success_rate", "up_ratio")), cols
+        assert cols["t0"] >= full["t0"] and (cols["t0"] - full["t0"]) % short["step_s"] == 0
+        for bad in (0, -1, "3", 2.5, True):
+            body = ask({"range": "5m", "points": bad})
+            assert body["ok"] is False and "points" in body["error"], body
+    finally:
+        close(asker)
