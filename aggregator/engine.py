@@ -721,6 +721,7 @@ _MEDIAN_P95 = (0.5, 0.95)
 # first history of hundreds of services (after a restart) cost a lookup per bucket.
 _QUANTILES_OF_BLOB: dict[bytes, list] = {}
 _QUANTILES_MEMO_SIZE = 50_000
+_QUANTILES_OF_BINS: dict[tuple, list] = {}  # the same for an open bucket's few (key, count) pairs
 
 
 class HistoryColumns:
@@ -771,7 +772,17 @@ class HistoryColumns:
 
 def _point(agg: Agg, time: list[float]) -> tuple:
     """An open bucket's history point (the order of HISTORY_COLUMNS)."""
-    p50, p95 = sketch.quantiles(agg.bins, _MEDIAN_P95)
+    bins = agg.bins
+    if len(bins) <= 4:  # a second's bucket: one or two samples, the same few bins again and again
+        memo = _QUANTILES_OF_BINS
+        q = memo.get(key := tuple(bins.items()))
+        if q is None:
+            if len(memo) >= _QUANTILES_MEMO_SIZE:
+                memo.clear()
+            q = memo[key] = sketch.quantiles(bins, _MEDIAN_P95)
+        p50, p95 = q
+    else:
+        p50, p95 = sketch.quantiles(bins, _MEDIAN_P95)
     return p50, p95, _ratio(agg.ok, agg.ok + agg.fail), _up_ratio(time)
 
 

@@ -331,9 +331,9 @@ class Tier:
             "errors_by_kind": dict(errors),
             "queue_peak": qpeak if qpeak >= 0 else None,
             "up_s": time[UP], "down_s": time[DOWN], "unknown_s": time[UNKNOWN],
+            # The other shares, in seconds like the three above (a share of the window is its
+            # *_s over the sum of all six; kept as seconds so a record stays small).
             "loading_s": time[LOADING], "sleeping_s": time[SLEEPING], "degraded_s": time[DEGRADED],
-            # Each class's share of the time the window has seen (they add up to 1).
-            "shares": {name: time[c] / observed if observed > 0 else None for c, name in enumerate(CLASS_NAMES)},
         }
 
     def buckets(self, since: float = -INF):

@@ -4,7 +4,9 @@ aggregator holding 10 and 500 services.
 The aggregator is `python -m aggregator run`, started on a data directory that already
 holds 5 minutes of probe traffic for every service (filled with the real Engine on a fake
 clock ending at the wall clock's now, written with the real Store, restored by the
-aggregator at start), so its 5 m history is full. Each sample is a new DEALER, as a client
+aggregator at start), so its 5 m history is full. A feeder process then sends every service
+the traffic of a probe checking every 2 s (heartbeat, two timings, a status), so records and
+open buckets change between replies as they do in use. Each sample is a new DEALER, as a client
 that has just started: request sent -> reply received and decoded by bus.protocol.decode.
 Samples are spaced further apart than the aggregator reuses a built history
 (server.HISTORY_REUSE), so every reply builds its history afresh: the worst case a joiner
@@ -34,6 +36,8 @@ SIZES = (10, 500)
 HISTORY_S = 300.0  # the default range, 5 m at 1 s
 TARGET_MS = 250.0
 SPACING_S = (0.6, 0.8)  # between samples: longer than server.HISTORY_REUSE (0.5 s)
+CHECK_EVERY = 2.0  # the feeder's probe interval per service
+CONFIG = "[aggregator]\nmax_services = 1000\n"  # the default cap (256) is below the larger size
 
 
 def _samples(mode: Mode) -> int:
@@ -133,7 +137,8 @@ def measure_joiner(mode: Mode) -> Figure:
     fig = Figure("joiner_reply", 12, "Late-joiner reply with history, 10 and 500 services",
                  target=f"p95 ≤ {TARGET_MS:g} ms at 500 services",
                  how=(f"`python -m aggregator run` restored from a data dir holding {HISTORY_S / 60:g} min of probe "
-                      "traffic for N services (real Engine on a fake clock ending now, real Store); each sample a "
+                      "traffic for N services (real Engine on a fake clock ending now, real Store), then fed live "
+                      f"probe traffic for every service (a check every {CHECK_EVERY:g} s) by a child; each sample a "
                       "new DEALER: request.snapshot (range 5m) sent → reply decoded by bus.protocol.decode; "
                       f"{samples} samples per run per size, {SPACING_S[0]:g}–{SPACING_S[1]:g} s apart so no reply "
                       "reuses a built history; p50/p95 per run; baseline: the same reply bytes over a bare "
@@ -145,15 +150,22 @@ def measure_joiner(mode: Mode) -> Figure:
     raw = RawPair(ctx)
     try:
         for n in SIZES:
-            procs = procs_by_n[n] = Procs(f"joiner-{n}").__enter__()
+            procs = procs_by_n[n] = Procs(f"joiner-{n}", config=CONFIG).__enter__()
             _fill_data_dir(procs, n, blobs)
             procs.aggregator()
+            procs.start("-m", "bench.fig_joiner", "feed", str(n), name="feeder")
         for n, procs in procs_by_n.items():
             client = procs.client(f"bench-joiner-{n}")
             try:
                 procs.wait_synced(client, timeout=120.0)
                 if len(client.services) != n:
                     raise RuntimeError(f"the aggregator restored {len(client.services)} services, not {n}")
+                deadline = time.monotonic() + 60.0  # the feeder's traffic arrives: every service connected
+                while sum(r.get("state") == "connected" for r in client.services.values()) < n:
+                    client.poll(timeout_ms=100)
+                    procs.check_alive()
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the feeder's services did not all turn connected within 60 s")
             finally:
                 client.close()
         per_run: dict[int, list[tuple[list[float], list[float]]]] = {n: [] for n in SIZES}
@@ -194,9 +206,49 @@ def measure_joiner(mode: Mode) -> Figure:
     return fig
 
 
-if __name__ == "__main__":  # python -m bench.fig_joiner [quick|tiny|full]
+def feed(n: int) -> None:
+    """The feeder child: probe traffic for svc0000..svc<n-1> on MD_HEALTH_EVENTS, spread over
+    each CHECK_EVERY, until the parent closes our stdin."""
+    from bus.lifeline import watch_stdin
+    from bus.protocol import Publisher
+    from bus.sockets import Endpoints, pub_socket
+
+    stop = threading.Event()
+    watch_stdin(stop)
+    ctx = new_context()
+    sock = pub_socket(ctx, Endpoints.from_env().events)
+    pubs = [Publisher(sock, f"probe.svc{i:04d}") for i in range(n)]
+    rng = random.Random(n)
+    try:
+        next_at = time.monotonic()
+        i = 0
+        while not stop.is_set():
+            svc = f"svc{i % n:04d}"
+            pub = pubs[i % n]
+            pub.send(f"heartbeat.{pub.src}", {"interval": CHECK_EVERY, "services": [svc]})
+            for endpoint in ("/system_stats", "/queue"):
+                pub.send(f"timing.{svc}", {"service": svc, "endpoint": endpoint,
+                                           "duration_ms": round(rng.lognormvariate(3.5, 0.5), 3), "ok": True})
+            pub.send(f"status.{svc}", {"service": svc, "kind": "comfyui", "state": "connected",
+                                       "url": "http://127.0.0.1:8188", "required": False, "version": "0.3.64",
+                                       "details": {"queue_depth": i % 3}, "interval": CHECK_EVERY,
+                                       "timeout": 2.0})
+            i += 1
+            next_at += CHECK_EVERY / n
+            wait = next_at - time.monotonic()
+            if wait > 0:
+                stop.wait(wait)
+    finally:
+        close(sock)
+        ctx.term()
+
+
+if __name__ == "__main__":  # python -m bench.fig_joiner [quick|tiny|full]; `feed N` is the feeder child
     import sys
 
+    if sys.argv[1:2] == ["feed"]:
+        feed(int(sys.argv[2]))
+        sys.exit(0)
     from .harness import MODES
 
     f = measure_joiner(MODES[sys.argv[1] if len(sys.argv) > 1 else "tiny"])
