@@ -352,7 +352,7 @@ class ProviderCheck:
         body = self.json(self.get(path, {"api-key": self.ps.key or ""}), "/openai/models")
         return self.valid(self.listing(body, "data", "id"))
 
-    def ready_as(self, models: list[str], loaded: set[str], reason_unloaded: str, **kw) -> Outcome:
+    def ready_as(self, models: list[str], loaded: set[str], how_it_wakes: str, **kw) -> Outcome:
         """Valid, or sleeping where the model that matters is not loaded: the active model when
         this provider lists it, else any model (nothing loaded at all means the first request waits)."""
         wanted = _match(self.active_model, models)
@@ -362,7 +362,8 @@ class ProviderCheck:
             asleep = bool(models) and not loaded
         o = self.valid(models, **kw)
         if asleep:
-            o.state, o.reason = "sleeping", (f"{wanted} " if wanted else "no model ") + reason_unloaded
+            o.state = "sleeping"
+            o.reason = f"{wanted} is not loaded; {how_it_wakes}" if wanted else f"no model is loaded; {how_it_wakes}"
         return o
 
     def check_ollama(self) -> Outcome:
@@ -397,7 +398,7 @@ class ProviderCheck:
         if loaded is None:  # cannot tell what is loaded: do not guess
             return self.valid(models, version=version_text, extra=extra)
         return self.ready_as(models, {str(m["name"]) for m in loaded},
-                             "is not loaded; Ollama loads it on the first request (it unloads after keep_alive)",
+                             "Ollama loads it on the first request (it unloads after keep_alive)",
                              version=version_text, extra=extra)
 
     def check_lmstudio(self) -> Outcome:
@@ -421,7 +422,7 @@ class ProviderCheck:
                             cfg = i.get("config") if isinstance(i.get("config"), dict) else {}
                             instances.append({"model": m["key"], "id": str(i.get("id", ""))[:120],
                                               "context_length": cfg.get("context_length")})
-                return self.ready_as(models, loaded, "is not loaded; LM Studio loads it on the first request "
+                return self.ready_as(models, loaded, "LM Studio loads it on the first request "
                                      "(just-in-time loading, on by default)",
                                      extra={"api": "v1", "loaded": instances[:MAX_ROUTER_MODELS]})
         # Older LM Studio (before 0.4): the OpenAI-compatible list, which says nothing of loading.
@@ -489,7 +490,8 @@ class ProviderCheck:
         elif values & {"sleeping", "unloaded"}:
             o.state = "sleeping"
             o.reason = (f"llama.cpp router: {wanted or 'no model is loaded'}"
-                        f"{' is ' + states[wanted] if wanted else ''}; the router loads it on the first request")
+                        f"{' is ' + states[wanted] if wanted else ''}; the router loads it on the first request "
+                        "(unless started with --no-models-autoload)")
         return o
 
 
