@@ -1,6 +1,7 @@
 """CSV and JSON export of tier buckets (columns documented in docs/metrics.md).
 
 Used by `md-health export` and by `request.export` on the bus (the Blender export button).
+The JSON is strict (json.dumps(allow_nan=False)): any JSON parser reads it.
 CSV cells that a spreadsheet would read as a formula (starting with = + - @ tab or CR)
 are prefixed with a single quote, the OWASP "CSV injection" advice: a service name or an
 error kind comes from a probe, and a probe is not trusted to write formulas.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from typing import Any
 
@@ -38,6 +40,11 @@ def export(engine, fmt: str, tier: str, since: str | float, service: str | None 
     rows = engine.rows(tier, since_s, service)
     for row in rows:
         row["time"] = _iso(row["ts"])
+        for key, value in row.items():
+            # Strict JSON (contract C7) has no NaN or infinity, and a spreadsheet reads "nan" as
+            # text: a figure that is not a finite number is unknown, written as null / empty.
+            if value.__class__ is float and not math.isfinite(value):
+                row[key] = None
     if fmt == "json":
         doc = {"format": "md-health-export", "version": 1, "tier": tier, "since_s": since_s,
                "service": service, "generated": engine.now(), "columns": list(COLUMNS),

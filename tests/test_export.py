@@ -105,3 +105,37 @@ def test_export_over_the_bus_and_from_the_cli(endpoints, procs, client, tmp_path
     finally:
         close(pub.socket)
         ctx.term()
+
+
+class _EngineWithOddFigures:
+    """An engine whose bucket rows hold non-finite figures (what a damaged history or a future
+    bug could hand the exporter): the export must stay strict JSON either way."""
+
+    def __init__(self) -> None:
+        self.real = _engine()
+
+    def rows(self, tier, since_s, service=None):
+        rows = self.real.rows(tier, since_s, service)
+        rows[0]["avg_ms"], rows[0]["p95_ms"], rows[-1]["uptime"] = float("nan"), float("inf"), float("-inf")
+        return rows
+
+    def now(self):
+        return self.real.now()
+
+
+def _refuse_constant(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def test_json_export_is_strict_json_with_non_finite_figures_as_null():
+    content, n = export(_EngineWithOddFigures(), "json", "10s", "1h")
+    doc = json.loads(content, parse_constant=_refuse_constant)  # NaN / Infinity would raise here
+    rows = doc["rows"]
+    assert len(rows) == n > 1
+    assert rows[0]["avg_ms"] is None and rows[0]["p95_ms"] is None and rows[-1]["uptime"] is None
+    assert rows[1]["avg_ms"] is not None  # finite figures are untouched
+    text, _ = export(_EngineWithOddFigures(), "csv", "10s", "1h")
+    assert "nan" not in text.lower().replace("'", "") and "inf" not in text.lower()
+    # and a real engine's export (gaps as None) is strict JSON too
+    content, _ = export(_engine(), "json", "1s", "5m")
+    json.loads(content, parse_constant=_refuse_constant)
