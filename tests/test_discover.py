@@ -250,3 +250,51 @@ def test_cli_words_and_hosts(capsys):
     assert discover._hosts(None) == ["127.0.0.1"]  # loopback only unless hosts are named
     assert discover.cli_main(["--host", "10.0.0.0/24"]) == 2
     assert "not a range" in capsys.readouterr().err
+
+
+# RVC WebUI in miniature as gradio 3.14 (its pin) serves it: titled "RVC WebUI", named
+# endpoints only in /config (3.14 has no /info).
+RVC_314_APP = textwrap.dedent("""
+    import sys
+    import gradio as gr
+    with gr.Blocks(title="RVC WebUI") as app:
+        box, out = gr.Textbox(), gr.Textbox()
+        for name in ("infer_convert", "infer_refresh", "train_start"):
+            gr.Button(name).click(lambda x: x, [box], [out], api_name=name)
+    app.queue(concurrency_count=511, max_size=1022).launch(server_name="127.0.0.1", server_port=int(sys.argv[1]),
+                                                           quiet=True)
+""")
+
+
+def test_real_gradio_314_rvc_is_found_on_a_moved_port(tmp_path):
+    """RVC moves to the next free port when 7865 is busy: a real gradio 3.14 app on a free
+    port is found and named, its endpoints read from /config."""
+    from tests.gradio_envs import ensure_gradio314
+
+    python = str(ensure_gradio314())
+    port = free_port()
+    script = tmp_path / "rvc.py"
+    script.write_text(RVC_314_APP)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_PROXY": "*",
+           "no_proxy": "*"}
+    env.pop("PYTHONPATH", None)  # the 3.14 venv must not see this project's packages
+    log = open(tmp_path / "rvc.log", "w")
+    proc = subprocess.Popen([python, str(script), str(port)], cwd=tmp_path, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        found: list[dict] = []
+        while not found:  # until it serves /config (it listens a moment before it answers)
+            assert proc.poll() is None, (tmp_path / "rvc.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the gradio 3.14 app never answered"
+            found = [f for f in discover.scan(ports=[port], timeout=10.0) if f["kind"] != "unknown"]
+            if not found:
+                time.sleep(0.3)
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+        log.close()
+    (rvc,) = found
+    assert (rvc["kind"], rvc["service"], rvc["title"]) == ("gradio", "rvc", "RVC WebUI")
+    assert rvc["version"].startswith("3.14.") and "infer_convert" in rvc["detail"]
+    assert discover.table_of(rvc) == "services.rvc"
