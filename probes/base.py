@@ -272,9 +272,10 @@ class ProbeRunner:
             refresh = control in ready and self._refresh_requested(control)
             pushed = watch is not None and watch in ready and self.probe.on_watch(watch)
             # The port closed for good (death) or listens again (return): check now, whatever
-            # the backoff, exactly as a person's refresh does; the damping stays the check's.
+            # the backoff (which starts over, as for a refresh); the damping stays the check's.
             if self.liveness is not None and self.liveness.handle(ready):
-                refresh = True
+                self.machine.retry_briskly()
+                pushed = True
             return refresh, pushed
 
         try:
@@ -312,7 +313,9 @@ class ProbeRunner:
                 # The pause runs from the check's start, so "at most 30 s apart" holds whatever
                 # the check took; a check that overran its pause is still followed by a short rest.
                 next_check = clock() if again else max(started + self.pause, clock() + MIN_EVENT_GAP)
-                if nudged:  # the running check may have missed what was pushed
+                if nudged and self.machine.pace != StateMachine.CONFIRMING:
+                    # The running check may have missed what was pushed. (While confirming, the
+                    # confirming re-check is near anyway, and keeps its delay: the damping.)
                     next_check = min(next_check, clock() + MIN_EVENT_GAP)
                 again = nudged = False
             if pending is None and clock() >= next_check:
