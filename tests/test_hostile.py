@@ -228,6 +228,13 @@ def test_every_bad_request_gets_an_error_reply(endpoints, procs, client, measure
             assert msg.body["ok"] is False and isinstance(msg.body["error"], str) and msg.body["error"], (name, msg)
             answered[name] = msg.body["error"]
         good, _ = _ask(sock, _request("snapshot", {"id": "good", "range": "24h"}), "good")
+        # A REQ socket adds an empty delimiter frame: not served (docs/protocol.md), but counted.
+        req = ctx.socket(zmq.REQ)
+        req.linger = 0
+        req.connect(endpoints.requests)
+        req.send(_request("snapshot", {"id": "req", "range": "5m"}))
+        wait_for(lambda: _over_cap(client).get("malformed_requests", 0) >= 1, timeout=20, client=client)
+        close(req)
     finally:
         close(sock)
         ctx.term()
