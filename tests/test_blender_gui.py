@@ -172,6 +172,34 @@ DRIVER = textwrap.dedent(r'''
              services={s.name: s.state for s in state.services}, dirty=bpy.data.is_dirty,
              sidebar=rect(r) if r else None, scale=bpy.context.preferences.system.ui_scale)
 
+    HINT = "MD test hint: a modal tool's line, kept while the indicator changes"
+
+    def hint(text):
+        """Set (or clear) the workspace's status text, as a modal tool does."""
+        w = bpy.context.window_manager.windows[0]
+        with bpy.context.temp_override(window=w, screen=w.screen):
+            w.workspace.status_text_set(text)
+
+    def hint_shot(name):
+        path = os.path.join(OUT, name)
+        bpy.ops.screen.screenshot(filepath=path)
+        note(step="hint-shot", file=name, short=state.overall_short, height=bpy.context.window_manager.windows[0].height)
+
+    def measure_offline():
+        """The offline list's lines as Blender's UI font draws them, against the sidebar."""
+        import blf
+        scale = bpy.context.preferences.system.ui_scale
+        try:
+            blf.size(0, 11 * scale)
+        except TypeError:  # Blender before 4.0 also takes a dpi
+            blf.size(0, 11 * scale, 72)
+        with open(TRACE) as f:
+            rows = [json.loads(l) for l in f]
+        rows = [r for r in rows if r["panel"] == "connection_status" and r.get("space") == "VIEW_3D" and not r["online"]]
+        lines = rows[-1].get("rows", []) if rows else []
+        note(step="offline-widths", region=sidebar().width, scale=scale,
+             lines=[[text, blf.dimensions(0, text)[0]] for text in lines])
+
     def svc(name):
         item = state.services.get(name)
         return item.state if item else None
@@ -213,12 +241,20 @@ DRIVER = textwrap.dedent(r'''
         ("drawn-scale2", lambda: time.time() > T["since"] + 3.0, lambda: shot("blender-panels-scale2.png")),
         ("scale1", lambda: True, lambda: (setattr(bpy.context.preferences.view, "ui_scale", 1.0),
                                           setattr(state.services["wan2gp"], "show_details", False))),
-        ("kill", lambda: time.time() > T["since"] + 1.0, lambda: (scroll(-60), fake.stop())),
-        ("down", lambda: svc("comfyui") in ("disconnected", "error"), lambda: None),
+        ("top-again", lambda: time.time() > T["since"] + 1.0, lambda: scroll(-60)),
+        # A modal tool's hint line stays while the indicator's words change (issue 12).
+        ("hint-none", lambda: time.time() > T["since"] + 1.5, lambda: hint_shot("hint-none.png")),
+        ("hint-set", lambda: True, lambda: hint(HINT)),
+        ("hint-before", lambda: time.time() > T["since"] + 1.5, lambda: hint_shot("hint-before.png")),
+        ("kill", lambda: True, lambda: (T.__setitem__("short", state.overall_short), fake.stop())),
+        ("down", lambda: svc("comfyui") in ("disconnected", "error") and state.overall_short != T["short"],
+         lambda: None),
+        ("hint-after", lambda: time.time() > T["since"] + 2.0, lambda: (hint_shot("hint-after.png"), hint(None))),
         ("drawn-down", lambda: time.time() > T["since"] + 2.0, lambda: shot("blender-comfyui-down.png")),
         ("stop", lambda: True, lambda: note(step="stop-op", ops=list(bpy.ops.movie_director.stop_monitor()))),
         ("offline", lambda: state.overall == "OFFLINE" and state.monitor_state == "stopped", lambda: None),
-        ("drawn-offline", lambda: time.time() > T["since"] + 2.0, lambda: shot("blender-monitor-offline.png")),
+        ("drawn-offline", lambda: time.time() > T["since"] + 2.0, lambda: (shot("blender-monitor-offline.png"),
+                                                                           measure_offline())),
         # Start it again and quit Blender without disabling anything: the children must stop.
         ("restart", lambda: True, lambda: note(step="restart-op", ops=list(bpy.ops.movie_director.start_monitor()))),
         ("online-again", lambda: state.online and svc("wan2gp") is not None, lambda: None),
@@ -229,7 +265,8 @@ DRIVER = textwrap.dedent(r'''
         try:
             if time.time() > T["deadline"]:
                 results["errors"].append(f"timed out waiting for {plan[0][0]}: overall {state.overall}, "
-                                         f"services { {s.name: s.state for s in state.services} }")
+                                         f"services { {s.name: s.state for s in state.services} }, "
+                                         f"chart points {dict(pictures._points)}, errors {runtime.RT.errors_logged}")
                 return finish()
             name, ready, action = plan[0]
             if ready():
@@ -273,6 +310,22 @@ def _count(png: Path, box, colour, tol=40) -> int:
     return int((np.abs(a - np.array(colour)).max(axis=-1) < tol).sum())
 
 
+def _status_bar(png: Path):
+    """The left half of the status bar (the bottom 20 rows): where a hint line is drawn."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    return a[-20:, : a.shape[1] // 2]
+
+
+def _differ(a, b) -> int:
+    """Pixels that differ clearly between two crops."""
+    import numpy as np
+
+    return int((np.abs(a - b).max(axis=-1) > 40).sum())
+
+
 def _run_blender(tmp_path, out, env, timeout):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -297,7 +350,7 @@ def _run_blender(tmp_path, out, env, timeout):
 
 @pytest.mark.skipif(not (BLENDER and XVFB_RUN and XDOTOOL),
                     reason="needs Debian's blender, xvfb and xdotool (.ci/run installs them)")
-@pytest.mark.timeout(int(240 + 1.5 * TRAFFIC))
+@pytest.mark.timeout(int(420 + 1.5 * TRAFFIC))
 def test_panels_in_a_real_blender_window(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -321,11 +374,11 @@ def test_panels_in_a_real_blender_window(tmp_path):
     traffic = TRAFFIC
     env = {**os.environ, "MD_TEST_ROOT": str(ROOT), "MD_TEST_OUT": str(out), "MD_TEST_PYTHON": sys.executable,
            "MD_TEST_COMFY_PORT": str(comfy_port), "MD_TEST_RVC_PORT": str(rvc_port),
-           "MD_TEST_TRAFFIC_S": str(traffic), "MD_TEST_TIMEOUT": str(120 + traffic), "MD_HEALTH_CONFIG": str(config),
+           "MD_TEST_TRAFFIC_S": str(traffic), "MD_TEST_TIMEOUT": str(240 + traffic), "MD_HEALTH_CONFIG": str(config),
            "MD_HEALTH_UI_TRACE": str(trace), "MD_HEALTH_EVENTS": f"tcp://127.0.0.1:{free_port()}",
            "MD_HEALTH_SNAPSHOTS": f"tcp://127.0.0.1:{free_port()}",
            "MD_HEALTH_REQUESTS": f"tcp://127.0.0.1:{free_port()}"}
-    log = _run_blender(tmp_path, out, env, timeout=180 + traffic)
+    log = _run_blender(tmp_path, out, env, timeout=360 + traffic)
     results = json.loads((out / "results.json").read_text())
     assert not results["errors"], results["errors"][0] + log.read_text()[-3000:]
     steps = {s["step"]: s for s in results["steps"]}
@@ -357,6 +410,19 @@ def test_panels_in_a_real_blender_window(tmp_path):
                for d in dash), "the sidebar's Health Monitoring never showed ComfyUI's chart"
     # Runtime status never marks the user's file as modified.
     assert not any(s.get("dirty") for s in results["steps"] if "dirty" in s)
+
+    # The status bar followed the state without blanking the hint line a modal tool set:
+    # its left part (where the hint is) is as it was before the words changed.
+    hints = {s["file"]: s for s in results["steps"] if s["step"] == "hint-shot"}
+    assert hints["hint-before.png"]["short"] != hints["hint-after.png"]["short"], hints
+    assert any(d["text"] == hints["hint-after.png"]["short"] for d in drawn if d["panel"] == "statusbar")
+    none, before, after = (_status_bar(out / n) for n in ("hint-none.png", "hint-before.png", "hint-after.png"))
+    assert _differ(none, before) > 200, "the hint never showed in the status bar"
+    assert _differ(before, after) < 20, f"the hint line changed when the indicator did ({_differ(before, after)} px)"
+    # Narrow sidebar: every line of the offline list fits (Blender would cut it with "…").
+    widths = next(s for s in results["steps"] if s["step"] == "offline-widths")
+    room = widths["region"] - (20 + 65) * widths["scale"]  # less icon, panel margins and tab strip
+    assert widths["lines"] and all(w <= room for _text, w in widths["lines"]), (room, widths["lines"])
 
     shots = {s["file"]: s for s in results["steps"] if s["step"] == "screenshot"}
     assert [s["overall"] for s in shots.values()] == ["YELLOW"] * 4 + ["RED", "OFFLINE"]
