@@ -40,6 +40,16 @@ def _label(proc: psutil.Process, aggregator_pid: int, supervisor_pid: int) -> st
     return f"probe {args[args.index('run') + 1]}" if "run" in args else " ".join(args[1:4])
 
 
+def _pss(proc: psutil.Process) -> float | None:
+    """Proportional set size in MB (a shared library counts once across processes), where the
+    platform has it (Linux); None elsewhere."""
+    try:
+        pss = getattr(proc.memory_full_info(), "pss", None)
+    except (psutil.AccessDenied, AttributeError):
+        return None
+    return None if pss is None else pss / 1e6
+
+
 @functools.lru_cache(maxsize=None)
 def observe(mode: Mode) -> dict:
     services = {n: s for n, s in load_config(text="").services.items() if s.get("enabled", True)}
@@ -84,6 +94,7 @@ def observe(mode: Mode) -> dict:
             wall = time.perf_counter() - t0
             cpu = {names[p.pid]: (sum(p.cpu_times()[:2]) - cpu0[p.pid]) / wall * 100 for p in watched}
             rss = {names[p.pid]: p.memory_info().rss / 1e6 for p in watched}
+            pss = {names[p.pid]: _pss(p) for p in watched}
             load = {}
             for n, p in proxies.items():
                 c, up, down, req = p.snapshot()
@@ -91,7 +102,7 @@ def observe(mode: Mode) -> dict:
                 load[n] = {"connections": (c - c0) * 60 / wall, "bytes": (up + down - up0 - down0) * 60 / wall,
                            "bytes_up": (up - up0) * 60 / wall, "bytes_down": (down - down0) * 60 / wall,
                            "requests": (req - req0) * 60 / wall}
-            windows.append({"cpu": cpu, "rss": rss, "load": load, "wall": wall})
+            windows.append({"cpu": cpu, "rss": rss, "pss": pss, "load": load, "wall": wall})
         procs.check_alive()
         result = {"windows": windows, "startup_s": started, "seen": seen, "processes": sorted(set(names.values())),
                   "backends": sorted(proxies), "missing": sorted(n for n, f in fakes.items() if f is None)}
@@ -110,11 +121,14 @@ def measure_footprint(mode: Mode) -> Figure:
     fig = Figure("footprint", 9, "Always-on footprint (aggregator + every probe)",
                  target="all together < 1 % of one core; each RSS < 40 MB",
                  how=(f"`python -m aggregator run` + `python -m probes run-all` at default settings against fake "
-                      f"backends; psutil CPU time and RSS per process over {mode.footprint_seconds:g} s "
+                      f"backends; psutil CPU time, RSS and PSS per process over {mode.footprint_seconds:g} s "
                       f"(after {mode.footprint_warmup:g} s warm-up) cut into {mode.runs} windows"))
     ws = obs["windows"]
     fig.metrics["total_cpu_pct"] = summary([sum(w["cpu"].values()) for w in ws], "% of a core")
     fig.metrics["max_rss_mb"] = summary([max(w["rss"].values()) for w in ws], "MB")
+    fig.metrics["total_rss_mb"] = summary([sum(w["rss"].values()) for w in ws], "MB")
+    if all(v is not None for w in ws for v in w["pss"].values()):
+        fig.metrics["total_pss_mb"] = summary([sum(w["pss"].values()) for w in ws], "MB")
     per = {}
     for name in obs["processes"]:
         cpu = summary([w["cpu"][name] for w in ws], "%")
@@ -127,6 +141,8 @@ def measure_footprint(mode: Mode) -> Figure:
     rss = fig.metrics["max_rss_mb"]["median"]
     fig.met = total < 1.0 and rss < 40
     fig.verdict = f"{total:.2f} % of a core for {len(per)} processes; largest RSS {rss:.1f} MB"
+    if "total_pss_mb" in fig.metrics:
+        fig.verdict += f"; PSS of all {fig.metrics['total_pss_mb']['median']:.0f} MB"
     if obs["missing"]:
         fig.verdict += f" (no fake yet for: {', '.join(obs['missing'])})"
     return fig

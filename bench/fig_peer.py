@@ -108,18 +108,37 @@ class Peer:
                 tail = (self.dir / ("blackbox.log" if p is self.procs[0] else "prometheus.log")).read_text()[-1500:]
                 raise RuntimeError(f"{Path(p.args[0]).name} exited with code {p.returncode}:\n{tail}")
 
-    def values(self) -> dict[str, float]:
-        """probe_success per target URL (the instance label), as Prometheus answers now."""
-        path = "/api/v1/query?query=" + quote("probe_success")
+    def _get(self, path: str) -> tuple[int, bytes]:
         for attempt in (1, 2):
             try:
                 self.conn.request("GET", path)
-                body = json.loads(self.conn.getresponse().read())
-                break
-            except (OSError, http.client.HTTPException, ValueError):
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (OSError, http.client.HTTPException):
                 self.conn.close()  # a dropped keep-alive connection: reconnect once
                 if attempt == 2:
                     raise
+        raise AssertionError("unreachable")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until Prometheus says it is ready (its TSDB is open; before that the API answers 503)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if self._get("/-/ready")[0] == 200:
+                    return
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Prometheus was not ready within {timeout:g} s")
+
+    def values(self) -> dict[str, float]:
+        """probe_success per target URL (the instance label), as Prometheus answers now."""
+        status, raw = self._get("/api/v1/query?query=" + quote("probe_success"))
+        if status != 200:
+            raise RuntimeError(f"Prometheus query answered HTTP {status}: {raw[:200]!r}")
+        body = json.loads(raw)
         return {r["metric"].get("instance", ""): float(r["value"][1]) for r in body["data"]["result"]}
 
     def close(self) -> None:
@@ -210,6 +229,7 @@ def _ours_running(procs: Procs, services: list[str]):
 def _peer_running(urls: dict[str, str]) -> Peer:
     peer = Peer(list(urls.values()))
     try:
+        peer.wait_ready()
         deadline = time.monotonic() + 30
         while True:
             vals = peer.values()

@@ -2,7 +2,8 @@
 
     python -m bench.profile ingest      # cProfile of `python -m aggregator run` absorbing 100k events (figure 1)
     python -m bench.profile snapshot    # cProfile of Engine.record() for 1000 services (figure 7)
-    python -m bench.profile footprint   # CPU per thread and loop wake-ups of an idle aggregator and a probe (figure 9)
+    python -m bench.profile footprint   # CPU per thread, loop wake-ups and a CPU-clock profile of an idle
+                                        # aggregator and a probe (figures 9 and 15); --seconds N (default 60)
 
 The profiled processes are the real ones; profiles are written to bench/out/profiles/.
 """
@@ -87,16 +88,19 @@ def snapshot(n: int = 1000) -> None:
     _show(PROFILES / "engine-record.prof")
 
 
-def footprint(seconds: float = 20.0) -> None:
-    """Where an idle monitor's CPU goes: per thread, and how often the aggregator's loop wakes."""
+def footprint(seconds: float = 60.0) -> None:
+    """Where an idle monitor's CPU goes: per thread, how often each loop wakes, and what runs.
+    The CPU clock ticks in 10 ms steps, so a run under a minute says little about 0.1 %."""
     PROFILES.mkdir(parents=True, exist_ok=True)
     out = PROFILES / "aggregator-idle.prof"
+    probe_out = PROFILES / "probe-idle.prof"
     with Procs("profile-footprint") as procs:
         port = free_port()
         procs.fake("gradio", port, "--app", "wan2gp")
         wait_port(port)
         agg = procs.start("-c", CPU_PROFILER, str(out), "aggregator", "run", name="aggregator")
-        probe = procs.probe("wan2gp", "--url", f"http://127.0.0.1:{port}")
+        probe = procs.start("-c", CPU_PROFILER, str(probe_out), "probes", "run", "wan2gp",
+                            "--url", f"http://127.0.0.1:{port}", name="probe-wan2gp")
         time.sleep(3)
         watched = {"aggregator": psutil.Process(agg.pid), "probe wan2gp": psutil.Process(probe.pid)}
         before = {n: {t.id: t.user_time + t.system_time for t in p.threads()} for n, p in watched.items()}
@@ -111,17 +115,22 @@ def footprint(seconds: float = 20.0) -> None:
                 used = t.user_time + t.system_time - before[name].get(t.id, 0.0)
                 print(f"   {t.id:>8} {comm:<16} {used * 1000:8.1f} ms  ({used / seconds * 100:.2f} % of a core)")
     time.sleep(0.5)
-    stats = pstats.Stats(str(out))
-    polls = sum(v[1] for k, v in stats.stats.items() if k[2] == "poll")  # type: ignore[attr-defined]
-    print(f"aggregator loop: {polls} poll() calls in its lifetime (~{seconds + 3:g} s)")
-    _show(out, "tottime", 12)
+    for name, path in (("aggregator", out), ("probe wan2gp", probe_out)):
+        stats = pstats.Stats(str(path))
+        polls = sum(v[1] for k, v in stats.stats.items() if k[2] == "poll")  # type: ignore[attr-defined]
+        print(f"{name} loop: {polls} poll() calls in its lifetime (~{seconds + 3:g} s); CPU-clock profile:")
+        _show(path, "tottime", 25)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("ingest", "snapshot", "footprint"))
+    parser.add_argument("--seconds", type=float, default=60.0, help="footprint: observation length")
     args = parser.parse_args()
-    {"ingest": ingest, "snapshot": snapshot, "footprint": footprint}[args.what]()
+    if args.what == "footprint":
+        footprint(args.seconds)
+    else:
+        {"ingest": ingest, "snapshot": snapshot}[args.what]()
 
 
 if __name__ == "__main__":
