@@ -35,7 +35,8 @@ def monitor(endpoints, procs, client, isolated_env):
         fake.set_queue(running=1, pending=2)
         procs.aggregator()
         procs.probe("comfyui", "--url", fake.url, "--interval", "0.3")
-        wait_for(lambda: client.services.get("comfyui", {}).get("state") == "connected"
+        # Connected with its queue alert active: the engine shows it as degraded (contract C1).
+        wait_for(lambda: client.services.get("comfyui", {}).get("state") == "degraded"
                  and client.services["comfyui"].get("stats", {}).get("count", 0) >= 4 and client.alerts,
                  timeout=30, client=client)
         yield fake
@@ -44,7 +45,7 @@ def monitor(endpoints, procs, client, isolated_env):
 def test_cp1252_streams_get_plain_characters_and_no_ansi(monitor):
     code, out, err = _run("cp1252", "status")
     assert code == 0 and "Traceback" not in err, err
-    assert "* Connected" in out and "comfyui" in out
+    assert " Degraded" in out and "comfyui" in out
     assert not any(g in out for g in GLYPHS) and "\033" not in out
 
     code, out, err = _run("cp1252", "compare")
@@ -56,11 +57,11 @@ def test_cp1252_streams_get_plain_characters_and_no_ansi(monitor):
 
     code, screen, err = _run("cp1252", "watch", "--every", "0.5", timeout=8)
     assert "Traceback" not in err and "UnicodeEncodeError" not in err, err
-    assert "TRENDS 5m" in screen and "* Connected" in screen
+    assert "TRENDS 5m" in screen and " Degraded" in screen
     assert any(ch in screen for ch in "_.:-=+*#") and not any(g in screen for g in GLYPHS)
     assert "\033" not in screen  # a pipe is not a terminal: no cursor moves, no colours
 
     # A stream that can show the glyphs keeps them (still without colours on a pipe).
     code, out, err = _run("utf-8", "status")
     assert code == 0, err
-    assert "● Connected" in out and "\033" not in out
+    assert "◑ Degraded" in out and "\033" not in out

@@ -22,6 +22,9 @@ from tests.fakes.comfyui import FakeComfyUI
 from tests.reliability import measured  # noqa: F401 - fixture
 
 
+UP = ("connected", "degraded")  # degraded: connected while a p95 or queue alert is active (contract C1)
+
+
 def _strict(text: str):
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")
@@ -87,9 +90,9 @@ def test_local_auth_allows_the_same_user_and_refuses_another(tmp_path, endpoints
             got = _run(a, "status", "--json", "--wait", "10")
             if got.returncode == 0:
                 seen = _strict(got.stdout)["services"]
-                if seen.get("comfyui", {}).get("state") == "connected":
+                if seen.get("comfyui", {}).get("state") in UP:
                     break
-        assert seen.get("comfyui", {}).get("state") == "connected", (seen, procs.output(agg))
+        assert seen.get("comfyui", {}).get("state") in UP, (seen, procs.output(agg))
         allowed_s = time.monotonic() - start
 
         # Each intruder probe has checked its backend several times (so it published
@@ -116,7 +119,7 @@ def test_local_auth_allows_the_same_user_and_refuses_another(tmp_path, endpoints
                     case="Local authentication (`md-health auth init`): the same user vs. another user",
                     required="with local auth on, another user (no keys, or other keys) can neither read nor inject; "
                              "the user's own probe, aggregator and CLI work unchanged",
-                    measured=f"same user: `md-health status` shows their probe's ComfyUI connected {allowed_s:.1f} s "
+                    measured=f"same user: `md-health status` shows their probe's ComfyUI up {allowed_s:.1f} s "
                              "after start; another user without keys and one with their own keys: each one's probe "
                              f"ran {min(checks(theirs_b), checks(theirs_c))}+ checks and none reached the aggregator, "
                              "and each one's `md-health status` exits 1 (monitor offline) after 5 s",
