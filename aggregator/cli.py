@@ -265,6 +265,9 @@ def cmd_auth(args, rest: list[str]) -> int:
     """Local authentication and remote keys: bus.security's own commands (docs/security.md)."""
     from bus import security
 
+    if args.config:  # every process finds the keys from the environment, never from its --config
+        print("md-health: auth ignores --config: the key folder is curve/ next to the default config "
+              "(MD_HEALTH_CONFIG), or MD_HEALTH_CURVE_DIR", file=sys.stderr)
     return security.main(rest, prog="md-health auth")
 
 
