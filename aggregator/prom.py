@@ -27,6 +27,8 @@ from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, Gaug
 
 from bus.protocol import STATE_DEGRADED, STATE_UNKNOWN, STATES
 
+from .tiers import CLASS_NAMES
+
 QUANTILES = (("p50_ms", "0.5"), ("p95_ms", "0.95"), ("p99_ms", "0.99"))
 USABLE = ("connected", STATE_DEGRADED)  # degraded answers, only slowly or with a long queue
 
@@ -62,6 +64,8 @@ class EngineCollector:
         uptime = g("uptime_ratio", "time up (connected or degraded) / time up or down, over the window (loading, "
                    "sleeping and unknown time count as neither)", ["service", "window"])
         unknown = g("unknown_ratio", "share of the window with no live probe (state unknown)", ["service", "window"])
+        shares = g("state_seconds", "seconds of the window spent in each share: up, down, unknown, loading, sleeping, "
+                   "degraded (they add up to the time the window has seen)", ["service", "window", "share"])
         queue = g("queue_depth", "jobs in the backend's queue", ["service"])
         tokens = CounterMetricFamily("md_health_llm_tokens", "language-model tokens used, by direction",
                                      labels=["model", "direction"])
@@ -86,6 +90,9 @@ class EngineCollector:
                 for fam, key in ((ok_ratio, "success_rate"), (uptime, "uptime"), (unknown, "unknown_ratio")):
                     if w.get(key) is not None:
                         fam.add_metric([name, window], float(w[key]))
+                for share in CLASS_NAMES:
+                    if w.get(f"{share}_s") is not None:
+                        shares.add_metric([name, window, share], float(w[f"{share}_s"]))
             current = (r.get("queue") or {}).get("current")
             if current is not None:
                 queue.add_metric([name], float(current))
@@ -100,7 +107,7 @@ class EngineCollector:
             alerts.add_metric([a["service"], a["name"]], 1.0)
         persisted = g("history_persisted", "1 if history is written to disk, 0 if kept in memory only", [])
         persisted.add_metric([], 1.0 if (state.get("persistence") or {}).get("mode") == "sqlite" else 0.0)
-        yield from (success, alive, required, st, since, dur, mean, checks, ok_ratio, uptime, unknown, queue,
+        yield from (success, alive, required, st, since, dur, mean, checks, ok_ratio, uptime, unknown, shares, queue,
                     tokens, requests, cost, alerts, persisted)
 
 

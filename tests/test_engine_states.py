@@ -71,6 +71,13 @@ def test_loading_sleeping_and_up_each_accumulate_as_their_own_share_never_down()
     header = content.splitlines()[0].split(",")
     assert header[header.index("unknown_s") + 1:header.index("unknown_s") + 4] == ["loading_s", "sleeping_s",
                                                                                   "degraded_s"]
+    collector = EngineCollector()
+    collector.publish(engine.state(None))
+    seconds = {(m.labels["window"], m.labels["share"]): m.value
+               for fam in collector.collect() if fam.name == "md_health_state_seconds" for m in fam.samples}
+    assert seconds[("5m", "loading")] == pytest.approx(30.0, abs=1.01)
+    assert seconds[("1h", "sleeping")] == pytest.approx(20.0, abs=1.01)
+    assert {share for _, share in seconds} == set(SHARES)
     ups = engine.history("5m")["services"]["x"]["up_ratio"]
     assert ups[1:30].count(None) == 29  # loading: no uptime evidence either way
 
