@@ -129,12 +129,12 @@ def test_history_survives_kill_9_in_a_loop(endpoints, procs, client, isolated_en
             pub.send("heartbeat.probe.k", {"interval": 0.5, "services": ["k"]})
             pub.send("status.k", {"service": "k", "state": "connected", "details": {"queue_depth": 1}})
             return _aggregator_online(client, instance) and "k" in client.services
-        wait_for(seen, timeout=20, client=client, every=0.1)
+        wait_for(seen, timeout=30, client=client, every=0.1)  # a restart on a loaded 2-core machine
 
     def stored(window):
         client.request_snapshot()
         client.has_snapshot = False
-        wait_for(lambda: client.has_snapshot, timeout=10, client=client)
+        wait_for(lambda: client.has_snapshot, timeout=30, client=client)
         return client.services["k"]["windows"][window]["count"]
 
     try:
