@@ -336,7 +336,7 @@ class Aggregator:
                 self.engine.ingest_batch(map(decode, chunk), changed, refused)
             else:
                 chunk = frames[i:]
-                self.engine.ingest_batch(self._capped(chunk, refused), changed, refused)
+                self.engine.ingest_batch(self._capped(chunk), changed, refused)
             i += len(chunk)
         self.rejects.accepted += len(frames) - len(refused)
         if len(self.engine.probes) > MAX_PROBES:  # heartbeat sources: the longest silent go first
@@ -356,7 +356,7 @@ class Aggregator:
                         self.engine.bad_events, self.engine.last_bad_event)
         return changed
 
-    def _capped(self, frames: list[bytes], refused: list):
+    def _capped(self, frames: list[bytes]):
         """Decoded events, but one that would create a service beyond max_services (status,
         timing or usage for a name not kept yet; configured names always pass) is refused:
         counted in over_cap.services and passed on as the falsy _OVER_CAP, which the engine

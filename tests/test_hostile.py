@@ -13,7 +13,6 @@ import math
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 
 import msgpack
