@@ -2,8 +2,11 @@
 machine) and the host, via psutil. Anything that cannot be known is None, never 0.
 
 Finding "the process listening on port N" means scanning every socket of every process,
-which costs tens of milliseconds; the pid is therefore cached and only looked up again
-when that process is gone or stops listening, or after RESCAN_AFTER seconds.
+which costs tens of milliseconds (more on a machine with many sockets), and confirming
+that a known process still listens costs nearly as much. The pid is therefore cached: it
+is looked up again at once when that process is gone, its ownership of the port is
+confirmed every VERIFY_EVERY seconds, and a port whose owner cannot be seen (a backend in
+a container, or run by another user) is scanned again only every RESCAN_AFTER seconds.
 
 Resource use changes slowly and nobody reads it to the second, so it is sampled every
 SAMPLE_EVERY seconds, not at every status check (every 2 s): the readings between are the
@@ -20,8 +23,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
-RESCAN_AFTER = 30.0  # seconds between full scans while no listener was found, and between
-                     # re-checks that a found process still owns the port
+RESCAN_AFTER = 120.0  # seconds between full scans while no listener was found
+VERIFY_EVERY = 300.0  # seconds between re-checks that a found, running process still owns the port
 SAMPLE_EVERY = 10.0  # seconds between two real samples (status goes out every check)
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
 
@@ -69,7 +72,7 @@ class ResourceSampler:
         self._proc_primed = False
         self._host_primed = False
         self._last_scan = -RESCAN_AFTER
-        self._verified = -RESCAN_AFTER
+        self._verified = -VERIFY_EVERY
 
     def _process(self, url: str) -> psutil.Process | None:
         parts = urlsplit(url)
@@ -80,11 +83,12 @@ class ResourceSampler:
         if self._proc is not None and self._port == port:
             try:
                 if not self._proc.is_running():
+                    self._last_scan = -RESCAN_AFTER  # a restarted backend: find its new pid now
                     raise psutil.NoSuchProcess(self._proc.pid)
                 # Listing a process's sockets costs milliseconds of system time (the
                 # always-on footprint), so confirm it still owns the port only now and then;
                 # a backend restarted under a new pid fails is_running() at once anyway.
-                if now - self._verified < RESCAN_AFTER:
+                if now - self._verified < VERIFY_EVERY:
                     return self._proc
                 # Process.net_connections is psutil >= 6; connections() is its older name.
                 conns = getattr(self._proc, "net_connections", None) or self._proc.connections

@@ -83,3 +83,48 @@ def test_a_local_process_gets_real_figures_then_is_paced(monkeypatch):
         assert second["process"]["cpu_percent"] is not None and second["process"]["rss_bytes"] > 0
         clock.t += 2.0
         assert s.sample(url)["process"] == second["process"] and calls[0] == 2
+
+
+def _count_socket_scans(monkeypatch) -> dict[str, int]:
+    """Counts the two costly psutil calls (each wraps the real one)."""
+    calls = {"scan": 0, "verify": 0}
+    real_scan = psutil.net_connections
+    name = "net_connections" if hasattr(psutil.Process, "net_connections") else "connections"
+    real_verify = getattr(psutil.Process, name)
+
+    def scan(*args, **kwargs):
+        calls["scan"] += 1
+        return real_scan(*args, **kwargs)
+
+    def verify(self, *args, **kwargs):
+        calls["verify"] += 1
+        return real_verify(self, *args, **kwargs)
+
+    monkeypatch.setattr(resources.psutil, "net_connections", scan)
+    monkeypatch.setattr(psutil.Process, name, verify)
+    return calls
+
+
+def test_socket_scans_are_rare_while_the_backend_process_lives(monkeypatch):
+    import socket
+
+    from probes.resources import VERIFY_EVERY
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        calls = _count_socket_scans(monkeypatch)
+        clock = Clock()
+        s = ResourceSampler(clock=clock)
+        if s.sample(url)["process"] is None:  # sockets' owners hidden from this user: nothing to pace
+            return
+        assert calls == {"scan": 1, "verify": 0}
+        # A check every 2 s for just under VERIFY_EVERY: the known pid is reused, no socket listing.
+        while clock.t + 2.0 < 1000.0 + VERIFY_EVERY:
+            clock.t += 2.0
+            assert s.sample(url)["process"]["pid"] == os.getpid()
+        assert calls == {"scan": 1, "verify": 0}
+        clock.t += 2.0 + SAMPLE_EVERY
+        assert s.sample(url)["process"]["pid"] == os.getpid()
+        assert calls == {"scan": 1, "verify": 1}  # then confirmed once, still without a full scan
