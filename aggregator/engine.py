@@ -20,6 +20,9 @@ from .tiers import (CLASS_NAMES, DEGRADED, DOWN, LOADING, SLEEPING, UNKNOWN, UP,
 
 PROBE_DEAD_AFTER_BEATS = 3  # missed heartbeats before a probe counts as dead
 JOB_TIMES_KEPT = 500        # recent job processing times kept for their percentiles
+MAX_ERROR_KINDS = 32         # distinct timing error kinds counted per service; more are counted as "other"
+MAX_ERROR_KIND_CHARS = 64
+MAX_USAGE_MODELS = 64        # distinct models in the token-usage table; more are counted as "other"
 ALERT_EVAL_EVERY = 1.0      # seconds of clock time between alert evaluations
 # Two clock readings further apart than this mean nobody watched in between: the machine
 # slept (a monotonic clock that counts suspend, or the shell's timeline following a forward
@@ -121,6 +124,7 @@ class ServiceState:
         self.last_job_time: Any = None
         self.usage: dict[str, list] = {}  # model -> [tokens_in, tokens_out, requests, bins, provider]
         self.usage_since = 0.0
+        self.error_kinds: set[str] = set()  # the service's vocabulary of timing error kinds, bounded
         self.src_since = 0.0  # when this probe (src) first reported: grace before its first heartbeat
         self.dead = False     # probe silent: shown as unknown, while `status` keeps its last report
         self.degraded = False  # a DEGRADING_ALERTS alert is active: connected is shown as degraded
@@ -131,6 +135,20 @@ class ServiceState:
         self.window_cache: dict[int, tuple[tuple, dict[str, Any]]] = {}  # tier -> (refresh slot, figures)
         self.history_cache: dict[int, HistoryColumns] = {}  # tier -> its closed buckets' history columns
         self.history_out: dict[int, tuple[tuple, dict[str, Any]]] = {}  # tier -> (what it was built from, entry)
+
+    def error_kind(self, kind: Any) -> str:
+        """The name a failed timing is counted under. The sender chooses it, and every bucket
+        of every tier keeps a count per name, so a service has at most MAX_ERROR_KINDS names
+        (first come); any further one is counted as "other"."""
+        if not isinstance(kind, str) or not kind:
+            return "error"
+        kind = kind[:MAX_ERROR_KIND_CHARS]
+        if kind in self.error_kinds:
+            return kind
+        if len(self.error_kinds) >= MAX_ERROR_KINDS:
+            return "other"
+        self.error_kinds.add(kind)
+        return kind
 
 
 class Engine:
@@ -242,8 +260,7 @@ class Engine:
                             acc.mx = d
                     else:
                         acc.fail += 1
-                        kind = body.get("error_kind")
-                        kind = kind if isinstance(kind, str) and kind else "error"
+                        kind = svc.error_kind(body.get("error_kind"))
                         acc.errors[kind] = acc.errors.get(kind, 0) + 1
                     svc.version += 1
                     changed.add(name)
@@ -314,6 +331,9 @@ class Engine:
             svc.usage_since = now
         model = body["model"][:200]
         u = svc.usage.get(model)
+        if u is None and len(svc.usage) >= MAX_USAGE_MODELS:  # the sender names the models: bounded
+            model = "other"
+            u = svc.usage.get(model)
         if u is None:
             u = svc.usage[model] = [0, 0, 0, {}, None]
         u[0] += min(max(0, body["tokens_in"]), 1 << 40)

@@ -21,7 +21,8 @@ import zmq
 
 from bus.protocol import (MAX_EVENT_BYTES, SCHEMA_VERSION, SEPARATOR, Publisher, Rejection, RejectCounter, decode,
                           encode)
-from bus.sockets import Endpoints, _attach, _socket, close, drain, endpoint_in_use, new_context, pub_socket, sub_socket
+from bus.sockets import (Endpoints, close, drain, endpoint_in_use, new_context, pub_socket, router_socket,
+                         sub_socket)
 
 from . import export as exporter
 from .engine import Engine
@@ -73,17 +74,6 @@ _CLAIM_LIMIT = 64 << 10
 
 class AlreadyRunning(RuntimeError):
     pass
-
-
-def _router(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """The requests ROUTER. High-water marks are read when a peer connects, so they are
-    set before binding; ROUTER_MANDATORY makes a reply to a full or gone peer fail at once
-    (counted) instead of being dropped unseen."""
-    sock = _socket(ctx, zmq.ROUTER, MAX_EVENT_BYTES)
-    sock.sndhwm = ROUTER_SNDHWM
-    sock.rcvhwm = ROUTER_RCVHWM
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    return _attach(sock, endpoint, bind=True)
 
 
 def _error_reply(frame: bytes, error: str, seq: int, instance: str, claim_limit: int = _CLAIM_LIMIT) -> bytes:
@@ -213,7 +203,7 @@ class Aggregator:
         try:
             events = sub_socket(ctx, self.endpoints.events, bind=True)
             pub = pub_socket(ctx, self.endpoints.snapshots, bind=True)
-            router = _router(ctx, self.endpoints.requests)
+            router = router_socket(ctx, self.endpoints.requests, ROUTER_SNDHWM, ROUTER_RCVHWM, mandatory=True)
         except zmq.ZMQError as exc:
             ctx.destroy(linger=0)
             raise AlreadyRunning(f"cannot bind the aggregator's endpoints: {exc}") from None

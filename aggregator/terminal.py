@@ -36,7 +36,7 @@ def _ago(ts: float, now: float) -> str:
 
 SPARKS = "▁▂▃▄▅▆▇█"
 # The plain stand-in of every glyph used here, for a stream that cannot encode it.
-PLAIN = str.maketrans({"●": "*", "◌": "o", "✖": "x", "▲": "!", "—": "-", "…": "~",
+PLAIN = str.maketrans({"●": "*", "◌": "o", "✖": "x", "▲": "!", "—": "-", "…": "~", "◔": "%", "☾": "z", "◑": "/",
                        **dict(zip(SPARKS, "_.:-=+*#"))})
 
 

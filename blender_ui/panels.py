@@ -347,7 +347,7 @@ class ConnectionStatus:
         if state.show_llm_details:
             for name, pstate, error in llm["providers"]:
                 r = col.column(align=True)
-                r.alert = pstate in ("invalid", "unreachable")
+                r.alert = pstate in view.PROVIDER_TROUBLE
                 _wrapped(r, f"{name}: {pstate.replace('_', ' ')}" + (f" ({view.plain(error)})" if error else ""),
                          _chars(context))
         if llm["models"]:

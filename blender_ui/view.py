@@ -323,6 +323,10 @@ def capabilities_text(record: dict[str, Any] | None) -> str:
     return ", ".join(caps) if caps else DASH
 
 
+# Provider states that need the artist: shown in the alert colour (loading and sleeping are fine).
+PROVIDER_TROUBLE = frozenset({"invalid", "unreachable", "spend_limit", "failed", "overloaded"})
+
+
 def llm_view(record: dict[str, Any] | None, active_override: str = "") -> dict[str, Any]:
     details = (record or {}).get("details") or {}
     providers = details.get("providers") if isinstance(details.get("providers"), dict) else {}
@@ -336,7 +340,7 @@ def llm_view(record: dict[str, Any] | None, active_override: str = "") -> dict[s
     return {
         "monitored": record is not None,
         "configured": bool(configured),
-        "providers": [(n, str(p.get("state", "not_configured")), str(p.get("error") or ""))
+        "providers": [(n, str(p.get("state", "not_configured")), str(p.get("error") or p.get("readiness_reason") or ""))
                       for n, p in sorted(providers.items()) if isinstance(p, dict)],
         "active_model": active_override or details.get("active_model") or DASH,
         "model_count": sum(counts) if counts else (len(models) if models else None),

@@ -242,8 +242,8 @@ def load(path: str | Path | None = None, *, text: str | None = None) -> Config:
     for name, table in raw_services.items():
         section = f"services.{name}"
         if not valid_service(name):  # the name becomes a topic segment: snapshot.<name>
-            raise _fail(text, where, "", section, "is not a usable service name: use 1-64 printable "
-                        "ASCII characters without spaces, e.g. [services.comfyui_2]")
+            raise _fail(text, where, "", section, "is not a usable service name: use 1-64 letters, digits, "
+                        "_ and -, starting with a letter, digit or _ (no dots or spaces), e.g. [services.comfyui_2]")
         base = services.get(name, {**_COMMON, "required": False, "flavour": name})
         values = _validate_table(table, SERVICE_KEYS, section, text, where, base)
         if values["flavour"] not in FLAVOURS:

@@ -108,9 +108,16 @@ def dealer_socket(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     return _attach(sock, endpoint, bind=False)
 
 
-def router_socket(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def router_socket(ctx: zmq.Context, endpoint: str, sndhwm: int = 1000, rcvhwm: int = 1000,
+                  mandatory: bool = False) -> zmq.Socket:
+    """A bound ROUTER. High-water marks are read when a peer connects, so they are set
+    before binding; `mandatory` (ROUTER_MANDATORY) makes a reply to a full or gone peer fail
+    at once, so the caller can count it, instead of being dropped unseen."""
     sock = _socket(ctx, zmq.ROUTER, MAX_EVENT_BYTES)
-    sock.sndhwm = 1000
+    sock.sndhwm = sndhwm
+    sock.rcvhwm = rcvhwm
+    if mandatory:
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     return _attach(sock, endpoint, bind=True)
 
 

@@ -83,6 +83,12 @@ def test_llm_box_from_the_contract_shape():
     assert llm["active_model"] == "gpt-4o-mini"
     assert view.llm_view(record, "claude-x")["active_model"] == "claude-x"  # the preference wins
     assert not view.llm_view({"details": {"providers": {}}})["configured"]
+    # A loading provider says why; a spent limit is trouble the artist must act on.
+    states = view.llm_view({"details": {"providers": {
+        "llamacpp": {"configured": True, "state": "loading", "readiness_reason": "Loading model"},
+        "anthropic": {"configured": True, "state": "spend_limit", "error": "spend limit reached"}}}})["providers"]
+    assert states == [("anthropic", "spend_limit", "spend limit reached"), ("llamacpp", "loading", "Loading model")]
+    assert "spend_limit" in view.PROVIDER_TROUBLE and "loading" not in view.PROVIDER_TROUBLE
     usage = view.llm_usage({"usage": {"total_tokens": 30, "cost_usd": 0.01, "by_model": {
         "a": {"tokens_in": 10, "tokens_out": 20, "requests": 1, "cost_usd": 0.01, "latency_p50_ms": 300}}}})
     assert usage["total_tokens"] == 30 and usage["models"][0][:2] == ("a", 30)

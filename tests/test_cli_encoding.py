@@ -65,3 +65,17 @@ def test_cp1252_streams_get_plain_characters_and_no_ansi(monitor):
     code, out, err = _run("utf-8", "status")
     assert code == 0, err
     assert "◑ Degraded" in out and "\033" not in out
+
+
+def test_every_state_glyph_has_a_plain_stand_in():
+    """Each state's words print on any code page: its glyph, whatever it is, has an ASCII
+    stand-in, so no two states both print as "?" on cp1252."""
+    from aggregator.terminal import PLAIN, STATE_WORDS
+    from bus.protocol import STATES
+
+    plain = {}
+    for state in STATES:
+        text = STATE_WORDS[state][1].translate(PLAIN)
+        assert text.isascii(), (state, text)
+        plain[state] = text
+    assert len(set(plain.values())) == len(plain), plain
