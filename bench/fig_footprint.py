@@ -17,7 +17,7 @@ import psutil
 from bus.config import load as load_config
 
 from .harness import Figure, Mode, NotBuilt, summary
-from .procs import CountingProxy, Procs, fake_for, wait_port
+from .procs import CountingProxy, Procs, cpu_seconds, fake_for, wait_port
 from tests.fakes.base import free_port
 
 
@@ -87,12 +87,12 @@ def observe(mode: Mode) -> dict:
         window = mode.footprint_seconds / mode.runs
         windows = []
         for _ in range(mode.runs):
-            cpu0 = {p.pid: sum(p.cpu_times()[:2]) for p in watched}
+            cpu0 = {p.pid: cpu_seconds(p) for p in watched}
             load0 = {n: p.snapshot() for n, p in proxies.items()}
             t0 = time.perf_counter()
             time.sleep(window)
             wall = time.perf_counter() - t0
-            cpu = {names[p.pid]: (sum(p.cpu_times()[:2]) - cpu0[p.pid]) / wall * 100 for p in watched}
+            cpu = {names[p.pid]: (cpu_seconds(p) - cpu0[p.pid]) / wall * 100 for p in watched}
             rss = {names[p.pid]: p.memory_info().rss / 1e6 for p in watched}
             pss = {names[p.pid]: _pss(p) for p in watched}
             load = {}
@@ -121,7 +121,7 @@ def measure_footprint(mode: Mode) -> Figure:
     fig = Figure("footprint", 9, "Always-on footprint (aggregator + every probe)",
                  target="all together < 1 % of one core; each RSS < 40 MB",
                  how=(f"`python -m aggregator run` + `python -m probes run-all` at default settings against fake "
-                      f"backends; psutil CPU time, RSS and PSS per process over {mode.footprint_seconds:g} s "
+                      f"backends; CPU time (scheduler ns counters on Linux), psutil RSS and PSS per process over {mode.footprint_seconds:g} s "
                       f"(after {mode.footprint_warmup:g} s warm-up) cut into {mode.runs} windows"))
     ws = obs["windows"]
     fig.metrics["total_cpu_pct"] = summary([sum(w["cpu"].values()) for w in ws], "% of a core")
