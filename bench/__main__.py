@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(out / "results.json", meta, figures)
     print()
     print(report.table(figures))
+    for f in figures:
+        if f.status == "ok" and f.extra.get("table_md"):
+            print(f"\n{f.number}. {f.title}\n{f.extra['table_md']}")
     plots = [] if args.no_plots else report.plot({f.key: f for f in figures}, plots_dir)
     print(f"\nbench: {meta['duration_s']:.0f} s; wrote {out / 'results.json'}"
           + "".join(f", {p}" for p in plots))

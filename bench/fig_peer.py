@@ -421,6 +421,7 @@ def _figure(fig: Figure, mode: Mode, kinds: list[str], times: dict, foot: dict, 
                f"{mode.footprint_warmup:g} s, {len(foot['ours'][0]['load'])} backends behind a TCP relay, psutil over "
                f"the whole process tree; detection/recovery: both watching at once, backend killed (then restarted) "
                f"at a random point, {runs} runs per backend kind; ratio ours ÷ theirs, judged on the median")
+    fig.extra["table_md"] = peer_table(fig)  # report.py prints it and puts it in the README
     return fig
 
 

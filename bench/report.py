@@ -87,6 +87,9 @@ def readme_section(meta: dict, figures: list[Figure], plots: list[str]) -> str:
         out.append(f"| {f.number} | {f.title} | {_result_text(f).replace('|', '/')} | "
                    f"{_baseline_text(f) if f.status == 'ok' else '—'} "
                    f"| {f.target} | {MET[f.met]} |")
+    for f in figures:  # a figure with rows of its own (figure 15's side-by-side) gets its table
+        if f.status == "ok" and f.extra.get("table_md"):
+            out += ["", f"**{f.number}. {f.title}**", "", f.extra["table_md"]]
     out += ["", "How each was measured:", ""]
     for f in figures:
         if f.status == "ok":
