@@ -32,6 +32,9 @@ FIRST_REST = 0.05  # rest before reconnecting after the second close-at-once in 
                    # first is retried at once: a dying process's kernel may accept one last connect
                    # into the backlog and reset it a moment later, and that must read as death.
 
+# connect_ex's "started, not finished yet" (Windows says WSAEWOULDBLOCK).
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, getattr(errno, "WSAEWOULDBLOCK", errno.EAGAIN)}
+
 # What a finished connect can say.
 ACCEPTED, REFUSED = "accepted", "refused"
 
@@ -201,7 +204,7 @@ class LivenessChannel:
             self.sock = sock
             self.poller.register(sock, zmq.POLLIN)
             return self.machine.finished(ACCEPTED)
-        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+        if code in _IN_PROGRESS:
             self.sock = sock
             self.poller.register(sock, zmq.POLLOUT)
             return False
