@@ -95,6 +95,24 @@ def _series(history: dict[str, Any], name: str, key: str, width: int) -> list:
     return out
 
 
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _queue(details: dict[str, Any]) -> str:
+    """Running/waiting jobs ("1/3"); "—" for a side the backend cannot tell (docs/metrics.md)."""
+    run, wait = details.get("queue_running"), details.get("queue_waiting")
+    if not _is_num(run) and not _is_num(wait):
+        depth = details.get("queue_depth")
+        return str(depth) if _is_num(depth) else "—"
+    return f"{run if _is_num(run) else '—'}/{wait if _is_num(wait) else '—'}"
+
+
+def _devices(record: dict[str, Any]) -> list[dict[str, Any]]:
+    devices = (record.get("details") or {}).get("devices")
+    return [d for d in devices if isinstance(d, dict) and d.get("type") != "cpu"][:16] if isinstance(devices, list) else []
+
+
 def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool | None = None,
            now: float | None = None, header: str = "", history: dict[str, Any] | None = None,
            alerts: list[dict[str, Any]] | None = None, persistence: dict[str, Any] | None = None,
@@ -107,7 +125,7 @@ def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool | N
         lines.append(header)
     if not online:
         lines.append("Monitor offline: no heartbeat from the aggregator. Start it with `make run`.")
-    cols = f"{'SERVICE':<10} {'STATE':<15} {'NEED':<8} {'VERSION':<14} {'QUEUE':>5} {'P50':>7} {'P95':>7} {'OK%':>5} {'CHECKED':>9}  DETAIL"
+    cols = f"{'SERVICE':<10} {'STATE':<15} {'NEED':<8} {'VERSION':<14} {'RUN/WAIT':>8} {'P50':>7} {'P95':>7} {'OK%':>5} {'CHECKED':>9}  DETAIL"
     lines.append(cols)
     for name in sorted(services):
         r = services[name]
@@ -115,15 +133,23 @@ def render(services: dict[str, dict[str, Any]], *, online: bool, color: bool | N
         state = f"{tint}{word:<15}{RESET}" if color else f"{word:<15}"
         st = r.get("stats", {})
         rate = st.get("success_rate")
-        queue = r.get("details", {}).get("queue_depth")
+        queue = _queue(r.get("details", {}))
         detail = r.get("error") or ", ".join(r.get("capabilities", [])[:4])
         lines.append(
             f"{name:<10} {state} {'required' if r.get('required') else 'optional':<8} "
-            f"{_fit(r.get('version') or '—', 14):<14} {('—' if queue is None else queue):>5} "
+            f"{_fit(r.get('version') or '—', 14):<14} {queue:>8} "
             f"{_ms(st.get('p50_ms')):>7} {_ms(st.get('p95_ms')):>7} "
             f"{('—' if rate is None else f'{rate * 100:.0f}'):>5} {_ago(r.get('last_check', 0), now):>9}  {detail}")
     if not services:
         lines.append("(no services reported yet)")
+    gpus = [(name, d) for name in sorted(services) for d in _devices(services[name])]
+    if gpus:
+        lines.append("")
+        lines.append(f"{'GPUS':<10} {'DEVICE':<40} VRAM FREE")
+        for name, d in gpus:
+            total, free = d.get("vram_total"), d.get("vram_free")
+            vram = f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB" if _is_num(total) and _is_num(free) else "—"
+            lines.append(f"{name:<10} {_fit(str(d.get('name') or '?'), 40):<40} {vram}")
     if history and services:
         rng = history.get("range", "")
         lines.append("")

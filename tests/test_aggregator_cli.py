@@ -226,3 +226,25 @@ def test_discover_subcommand_passes_the_rest_of_the_line_to_probes_discover(monk
     assert cli.main(["--config", "/x/config.toml", "discover", "--config", "/y.toml"]) == 7
     assert calls == [["--host", "10.0.0.2", "--write", "--json", "-h"], ["--config", "/x/config.toml", "--json"],
                      ["--config", "/y.toml"]]
+
+
+def test_status_table_shows_running_and_waiting_and_every_gpu():
+    from aggregator.terminal import render
+
+    gib = 2 ** 30
+    services = {
+        "comfyui": {"state": "connected", "details": {
+            "queue_running": 1, "queue_waiting": 3, "queue_depth": 4,
+            "devices": [{"name": "cuda:0 RTX 4090", "type": "cuda", "index": 0, "vram_total": 24 * gib, "vram_free": 12 * gib},
+                        {"name": "cuda:1 RTX 3090", "type": "cuda", "index": 1, "vram_total": 24 * gib, "vram_free": 20 * gib}]}},
+        "wan2gp": {"state": "connected", "details": {"queue_running": None, "queue_waiting": None}},
+        "rvc": {"state": "loading", "details": {"queue_running": None, "queue_waiting": 2, "queue_depth": 2}},
+    }
+    out = render(services, online=True, color=False, now=0.0)
+    rows = {}
+    for line in out.splitlines():  # the first line per service is its status row
+        if line.split():
+            rows.setdefault(line.split()[0], line)
+    assert " 1/3 " in rows["comfyui"] and " —/2 " in rows["rvc"] and " — " in rows["wan2gp"]
+    assert "RTX 4090" in out and "RTX 3090" in out and "12.0 of 24.0 GiB" in out and "20.0 of 24.0 GiB" in out
+    assert "Loading" in rows["rvc"]
