@@ -53,7 +53,7 @@ run-probes: $(RUN_STAMP)
 
 ## The whole test suite (real sockets, real processes, real bpy).
 test: $(TEST_STAMP) $(STAMP313)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 ## Blender add-on: per platform, an extension zip (4.2-5.3) and a legacy zip (3.4-4.1), each with its wheels
 ## (downloads cached in build/wheels). Needs bpy for Blender's extension tool, hence the test extras.

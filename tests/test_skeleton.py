@@ -40,7 +40,7 @@ def test_comfyui_goes_disconnected_connected_disconnected(endpoints, procs, clie
     with fake:
         wait_for(lambda: _state(client) == "connected", timeout=10, client=client)
         record = client.services["comfyui"]
-        assert record["version"] == FakeComfyUI.version
+        assert record["version"] == fake.version
         assert record["details"]["queue_depth"] == 3
         assert record["details"]["devices"][0]["vram_total"] == 25_386_352_640
         assert record["error"] == ""
@@ -87,7 +87,7 @@ def test_late_joiner_gets_full_state_from_one_request(endpoints, procs, client):
             assert reply.topic == "reply.snapshot" and reply.body["ok"] is True
             assert reply.body["id"] == "x"
             record = reply.body["state"]["services"]["comfyui"]
-            assert record["state"] == "connected" and record["version"] == FakeComfyUI.version
+            assert record["state"] == "connected" and record["version"] == fake.version
         finally:
             close(dealer)
             ctx.term()
@@ -152,7 +152,7 @@ def test_example_subscriber_prints_full_state_at_once(endpoints, procs, client):
         out = subprocess.run([sys.executable, "examples/subscriber.py", "--once"], capture_output=True,
                              text=True, timeout=60, cwd=ROOT)
         assert out.returncode == 0, out.stderr
-        assert "comfyui" in out.stdout and "connected" in out.stdout and FakeComfyUI.version in out.stdout
+        assert "comfyui" in out.stdout and "connected" in out.stdout and fake.version in out.stdout
 
 
 def test_up_starts_everything_and_stops_without_orphans(endpoints, tmp_path):
