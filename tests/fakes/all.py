@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
 
 from .comfyui import RTX_3090, RTX_4090, FakeComfyUI
@@ -63,6 +64,9 @@ def main() -> None:
     parser.add_argument("--port-offset", type=int, default=0, help="add this to every port")
     parser.add_argument("--print-env", action="store_true", help="print the environment for the probes and exit")
     parser.add_argument("--only", nargs="*", choices=sorted(FAKES), help="start only these fakes")
+    parser.add_argument("--loading-for", type=float, default=20.0, metavar="SECONDS",
+                        help="llama.cpp answers 503 \"Loading model\" this long first, as the real one does "
+                             "while it loads its model (the llm provider shows loading, then ready); 0: ready at once")
     args = parser.parse_args()
     env = environment(args.port_offset)
     if args.print_env:
@@ -79,6 +83,9 @@ def main() -> None:
             continue
         running.append(fake)
         print(f"  {name:<10} {fake.url}", flush=True)
+        if name == "llamacpp" and args.loading_for > 0:
+            fake.loading = True
+            threading.Timer(args.loading_for, setattr, (fake, "loading", False)).start()
     print("\nFor the probes (or eval \"$(python -m tests.fakes.all --print-env)\"):", flush=True)
     print_env(env)
     print("\nCtrl+C to stop.", flush=True)
