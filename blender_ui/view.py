@@ -249,8 +249,9 @@ def uptime_for(record: dict[str, Any] | None, rng: str) -> Any:
 
 
 def queue_text(record: dict[str, Any] | None, reason: bool = True) -> str:
-    """"1 running, 3 waiting"; a part the backend cannot tell is "unknown", and with
-    neither known the probe's note says why (Wan2GP keeps its own queue)."""
+    """"1 running, 3 waiting"; a part the backend cannot tell is left out ("2 waiting":
+    Gradio counts only what waits, docs/metrics.md), and with neither known the probe's note
+    says why (Wan2GP keeps its own queue)."""
     if not record:
         return DASH
     details = record.get("details") or {}
@@ -259,8 +260,7 @@ def queue_text(record: dict[str, Any] | None, reason: bool = True) -> str:
         if not _num(running) and not _num(waiting):
             note = plain(str(details.get("queue_note") or ""))
             return f"unknown ({note})" if note and reason else "unknown"
-        return (f"{count(running) if _num(running) else 'unknown'} running, "
-                f"{count(waiting) if _num(waiting) else 'unknown'} waiting")
+        return ", ".join([f"{count(running)} running"] * _num(running) + [f"{count(waiting)} waiting"] * _num(waiting))
     q = record.get("queue")
     if isinstance(q, dict) and _num(q.get("current")):
         return f"{count(q.get('current'))} now, peak {count(q.get('peak'))}"

@@ -119,10 +119,14 @@ DRIVER = textwrap.dedent(r'''
             return False
 
     def scroll(clicks):
-        """Scroll the sidebar, then move the pointer away (no tooltip in the pictures)."""
-        l, t, r, b = rect(sidebar())
-        subprocess.run(["xdotool", "mousemove", str(l + 60), str((t + b) // 2), "click", "--repeat", str(abs(clicks)),
-                        "5" if clicks > 0 else "4", "mousemove", "700", "500"], timeout=20)
+        """Scroll the sidebar by `clicks` wheel steps (down when positive), with the operator
+        the wheel runs there: a loaded X server may drop or merge wheel events, the operator
+        scrolls exactly. Then the pointer moves away (no tooltip in the pictures)."""
+        w = bpy.context.window_manager.windows[0]
+        with bpy.context.temp_override(window=w, screen=w.screen, area=S["big"], region=sidebar()):
+            for _ in range(abs(clicks)):
+                (bpy.ops.view2d.scroll_down if clicks > 0 else bpy.ops.view2d.scroll_up)()
+        subprocess.run(["xdotool", "mousemove", "700", "500"], timeout=20)
 
     def xdo_scroll_big(clicks):
         """Scroll the big Properties editor past Blender's own Scene panels."""
@@ -164,11 +168,11 @@ DRIVER = textwrap.dedent(r'''
         note(step="layout", dirty=bpy.data.is_dirty)
         return None
 
-    def shot(name):
+    def shot(name, step="screenshot"):
         path = os.path.join(OUT, name)
         bpy.ops.screen.screenshot(filepath=path)
         r = sidebar()
-        note(step="screenshot", file=name, overall=state.overall, online=state.online,
+        note(step=step, file=name, overall=state.overall, online=state.online,
              services={s.name: s.state for s in state.services}, dirty=bpy.data.is_dirty,
              sidebar=rect(r) if r else None, scale=bpy.context.preferences.system.ui_scale)
 
@@ -232,6 +236,12 @@ DRIVER = textwrap.dedent(r'''
         ("drawn-up", lambda: time.time() > T["since"] + 2.5, lambda: shot("blender-panels.png")),
         ("scroll", lambda: True, lambda: scroll(40)),
         ("drawn-dashboard", lambda: time.time() > T["since"] + 2.0, lambda: shot("blender-dashboard.png")),
+        # A loaded machine may draw the chart a few seconds late: two later pictures of the
+        # same view, which the test uses only if the first shows no chart yet.
+        ("dash-later-1", lambda: time.time() > T["since"] + 3.0,
+         lambda: shot("blender-dashboard-later-1.png", step="dash-retry")),
+        ("dash-later-2", lambda: time.time() > T["since"] + 6.0,
+         lambda: shot("blender-dashboard-later-2.png", step="dash-retry")),
         ("wide", lambda: True, lambda: (scroll(-40), wide(True))),
         ("scene-tab", lambda: time.time() > T["since"] + 0.5, scene_tab),
         ("scroll-wide", lambda: time.time() > T["since"] + 0.5, lambda: xdo_scroll_big(5)),
@@ -433,7 +443,11 @@ def test_panels_in_a_real_blender_window(tmp_path):
     # (Wan2GP), and a response-time chart with its orange p95 line, in the sidebar.
     assert _count(up, bar, GREEN) >= 60, _count(up, bar, GREEN)
     assert _count(up, bar, RED) >= 30, _count(up, bar, RED)
-    assert _count(out / "blender-dashboard.png", bar, ORANGE_LINE, tol=30) >= 50, "no chart line in the sidebar"
+    dashes = [out / n for n in ("blender-dashboard.png", "blender-dashboard-later-1.png", "blender-dashboard-later-2.png")]
+    charted = [png for png in dashes if _count(png, bar, ORANGE_LINE, tol=30) >= 50]
+    assert charted, ("no chart line in the sidebar", [_count(png, bar, ORANGE_LINE, tol=30) for png in dashes])
+    if charted[0] != dashes[0]:  # the docs show the view with its chart
+        shutil.copy(charted[0], dashes[0])
     assert _count(down, bar, RED) > _count(up, bar, RED)  # ComfyUI turned red too
     assert _count(offline, bar, GREEN) == 0  # offline: no green anywhere, nothing claims to be up
     for s in shots.values():

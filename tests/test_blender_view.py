@@ -247,7 +247,7 @@ def test_status_bar_words_count_not_ready_apart_from_down():
 def test_queue_running_and_waiting_or_unknown_with_the_reason():
     assert view.queue_text({"details": {"queue_running": 1, "queue_waiting": 3, "queue_depth": 4}}) == \
         "1 running, 3 waiting"
-    assert view.queue_text({"details": {"queue_running": None, "queue_waiting": 2}}) == "unknown running, 2 waiting"
+    assert view.queue_text({"details": {"queue_running": None, "queue_waiting": 2}}) == "2 waiting"
     note = "Wan2GP keeps its own task queue inside one `process_tasks` event"
     got = view.queue_text({"details": {"queue_running": None, "queue_waiting": None, "queue_note": note}})
     assert got == "unknown (Wan2GP keeps its own task queue inside one process_tasks event)"
