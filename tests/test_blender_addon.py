@@ -494,3 +494,48 @@ def test_discover_reply_is_bounded_and_errors_read_as_words():
     assert discovery.line(reply["found"][0]) == "ComfyUI 0.3.64 at http://127.0.0.1:8188 (for comfyui)"
     reply, error = discovery.parse("", "Traceback...\nmd-health: discover is not available here", 2)
     assert reply is None and error == "Find Backends failed: md-health: discover is not available here"
+
+
+def test_local_auth_the_add_on_of_the_same_user_connects_another_users_does_not(endpoints, procs, monkeypatch,
+                                                                                 tmp_path):
+    """`md-health auth init` (docs/security.md): the add-on finds the user's keys the way the
+    probes and the CLI do (the config folder), so it sees the monitor; an add-on of another
+    user (another config folder, no keys) completes no handshake and shows the monitor offline."""
+    import os
+    import subprocess
+
+    from bus import security
+
+    monkeypatch.delenv(security.ENV_DIR, raising=False)
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    for folder in (mine, theirs):
+        folder.mkdir()
+        (folder / "config.toml").write_text("", encoding="utf-8")
+    me = {"MD_HEALTH_CONFIG": str(mine / "config.toml")}
+    done = subprocess.run([sys.executable, "-m", "aggregator", "auth", "init"], capture_output=True, text=True,
+                          env={**os.environ, **me}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with FakeComfyUI() as fake:
+        procs.aggregator(env=me)
+        procs.probe("comfyui", "--url", fake.url, "--interval", "0.5", env=me)
+
+        monkeypatch.setenv("MD_HEALTH_CONFIG", str(theirs / "config.toml"))
+        runtime = _enable()
+        try:
+            use_endpoints(endpoints)
+            deadline = time.monotonic() + 5.0  # an absence: 5 heartbeats' time, and never online in it
+            while time.monotonic() < deadline:
+                runtime.tick()
+                assert not state().online, "an add-on without the user's keys reached the monitor"
+                time.sleep(0.05)
+        finally:
+            _disable()
+
+        monkeypatch.setenv("MD_HEALTH_CONFIG", str(mine / "config.toml"))
+        runtime = _enable()
+        try:
+            use_endpoints(endpoints)
+            tick_until(runtime, lambda: item("comfyui") and item("comfyui").state == "connected", timeout=30)
+            assert state().online
+        finally:
+            _disable()
