@@ -118,6 +118,13 @@ DRIVER = textwrap.dedent(r'''
         except OSError:
             return False
 
+    def traced():
+        try:
+            with open(TRACE) as f:
+                return sum(1 for _ in f)
+        except OSError:
+            return 0
+
     def scroll(clicks):
         """Scroll the sidebar by `clicks` wheel steps (down when positive), with the operator
         the wheel runs there: a loaded X server may drop or merge wheel events, the operator
@@ -145,9 +152,11 @@ DRIVER = textwrap.dedent(r'''
         def run():
             if drawn(panel, "VIEW_3D"):
                 return True
-            if time.time() < S.get("wait", 0):  # let Blender redraw after the last action
+            # Let Blender handle the last click and redraw before the next one: two draws
+            # traced since the click (a loaded machine can take seconds), or 8 s at most.
+            if time.time() < S.get("wait", 0) or (traced() < S.get("traced", 0) + 2 and time.time() < S.get("give_up", 0)):
                 return False
-            S["wait"] = time.time() + 0.6
+            S["wait"], S["give_up"], S["traced"] = time.time() + 0.6, time.time() + 8.0, traced()
             l, t, r, b = rect(sidebar())
             if upward and not S.get(panel + ".scrolled"):
                 S[panel + ".scrolled"] = True
