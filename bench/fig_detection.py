@@ -133,7 +133,7 @@ def _interval_text(mode: Mode) -> str:
     return f"--interval {mode.detection_interval:g}" if mode.detection_interval else "default interval"
 
 
-def _listen_time(port: int, timeout: float) -> float:
+def listen_time(port: int, timeout: float) -> float:
     """perf_counter() when the port first accepts a connection (probed every 2 ms)."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
@@ -175,7 +175,7 @@ def _recover(mode: Mode, service: str, module: str, fake_args: tuple[str, ...]) 
                 record = client.services.get(service) or {}
                 pause = float((record.get("details") or {}).get("retry_in_s") or 0.0)
                 fake = procs.fake(module, port, *fake_args)
-                listening = _listen_time(port, 30.0)
+                listening = listen_time(port, 30.0)
                 took, _ = _wait_state(procs, client, service, ("connected",), 60.0, listening)
                 if i >= 0:
                     (long_ if is_long else short).append(took)

@@ -23,7 +23,6 @@ import http.client
 import json
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,7 @@ import psutil
 
 from bus.config import load as load_config
 
+from .fig_detection import listen_time
 from .harness import Figure, Mode, NotBuilt, fmt, summary
 from .procs import CountingProxy, Procs, cpu_seconds, fake_for, wait_port
 from tests.fakes.base import free_port
@@ -247,18 +247,6 @@ def _peer_running(urls: dict[str, str]) -> Peer:
         raise
 
 
-def _listening(port: int, timeout: float = 15.0) -> float:
-    """perf_counter when 127.0.0.1:port first accepts a connection (polled every 5 ms)."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return time.perf_counter()
-        except OSError:
-            time.sleep(0.005)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
-
-
 def _both_until(client, procs: Procs, peer: Peer, service: str, url: str, down: bool, start: float,
                 timeout: float = 60.0) -> tuple[float, float]:
     """Seconds from `start` until ours and Prometheus each show the service down (or up)."""
@@ -350,7 +338,7 @@ def measure_peer(mode: Mode) -> Figure:
                         down = _both_until(client, procs, peer, service, urls[service], True, start)
                         time.sleep(rng.uniform(0, INTERVAL))
                         running[service] = fake_procs.fake(module, ports[service], *args)
-                        start = _listening(ports[service])
+                        start = listen_time(ports[service], 15.0)
                         up = _both_until(client, procs, peer, service, urls[service], False, start)
                         if i >= 0:
                             for d, pair in (("down", down), ("up", up)):
