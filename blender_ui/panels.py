@@ -403,7 +403,8 @@ class HealthDashboard:
                     ("Success", view.pct(rate), failing),
                     ("Uptime", view.pct(view.uptime_for(record, rng), 2), False),
                     ("Queue", view.queue_text(record, reason=False), False),
-                    ("Job time", view.job_time_short(record), False)):
+                    ("Job time", view.job_time_short(record), False),
+                    *((n, v, False) for n, v in view.state_time_rows(stats))):
                 names.label(text=name)
                 values.label(text=value, icon="ERROR" if bad else "NONE")
             col = box.column(align=True)

@@ -165,6 +165,18 @@ def job_time_short(record: dict[str, Any] | None) -> str:
     return f"p95 {ms(jobs.get('p95_ms'))}"
 
 
+# Time spent alive but not plainly up, or down, in a window: shown only where it is not zero,
+# so a service that was up all along gets no extra rows.
+STATE_TIME_ROWS = (("down_s", "Down"), ("degraded_s", "Degraded"), ("loading_s", "Loading"),
+                   ("sleeping_s", "Sleeping"))
+
+
+def state_time_rows(stats: dict[str, Any] | None) -> list[tuple[str, str]]:
+    stats = stats or {}
+    return [(name, duration(stats[key])) for key, name in STATE_TIME_ROWS
+            if _num(stats.get(key)) and stats[key] >= 1]
+
+
 # -- formatting ---------------------------------------------------------------------------
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -179,6 +191,17 @@ def ago(ts: float | None, now: float) -> str:
     if s < 90 * 60:
         return f"{s // 60}{NB}min ago"
     return f"{s // 3600}{NB}h ago"
+
+
+def duration(seconds: Any) -> str:
+    if not _num(seconds):
+        return DASH
+    s = max(0, int(seconds))
+    if s < 90:
+        return f"{s}{NB}s"
+    if s < 90 * 60:
+        return f"{s // 60}{NB}min"
+    return f"{s / 3600:.1f}{NB}h"
 
 
 def ms(v: Any) -> str:

@@ -282,3 +282,14 @@ def test_history_reads_t0_and_step_s():
     # A chart of it: the gap stays a gap, the points land on their buckets.
     cols = charts.columns(got["t"], got["p95_ms"], (1000.0, 1030.0), 3)
     assert cols[0] == 9.0 and cols[2] == 11.0 and cols[1] != cols[1]  # NaN in the gap
+
+
+def test_time_in_other_states_shows_only_what_happened():
+    # Shape of a window in docs/protocol.md: seconds per state.
+    stats = {"up_s": 3000.0, "down_s": 0.0, "degraded_s": 45.2, "loading_s": 720.0, "sleeping_s": 0.4,
+             "unknown_s": 12.0}
+    assert view.state_time_rows(stats) == [("Degraded", _nb("45 s")), ("Loading", _nb("12 min"))]
+    assert view.state_time_rows({"up_s": 300.0, "down_s": 0.0}) == []
+    assert view.state_time_rows({"down_s": 3 * 3600.0}) == [("Down", _nb("3.0 h"))]
+    assert view.state_time_rows({"loading_s": float("nan"), "down_s": "x"}) == []
+    assert view.state_time_rows(None) == []
