@@ -11,7 +11,8 @@ from bus.config import ConfigError, _http_url, load
 from bus.lifeline import watch_stdin
 
 # The probe loop (zmq, http.client) and a probe's module are imported only by the command
-# that runs them: the supervisor of `run-all` starts no probe itself and stays small.
+# that runs them. `run-all` on Linux imports them once to fork its children from
+# (probes/supervisor.py), and each child then runs `main(["run", <service>])` like a spawned one.
 
 
 def main(argv: list[str] | None = None) -> int:

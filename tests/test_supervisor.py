@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from bus.config import Config
-from probes.supervisor import FIRST_BACKOFF, MAX_BACKOFF, STABLE_AFTER, Child, restart_delay, supervise
+from probes.supervisor import (FIRST_BACKOFF, MAX_BACKOFF, STABLE_AFTER, Child, probe_service, restart_delay,
+                               supervise)
 from tests.conftest import wait_for
 from tests.reliability import measured  # noqa: F401 - fixture
 from tests.fakes.comfyui import FakeComfyUI
@@ -23,12 +24,9 @@ def children_by_service(pid: int) -> dict[str, psutil.Process]:
     out = {}
     try:
         for child in psutil.Process(pid).children():
-            try:
-                cmd = child.cmdline()
-            except psutil.Error:
-                continue
-            if "run" in cmd:
-                out[cmd[-1]] = child
+            service = probe_service(child)  # spawned (`probes run x`) or forked (named probe-x)
+            if service:
+                out[service] = child
     except psutil.NoSuchProcess:
         pass
     return out
