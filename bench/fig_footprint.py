@@ -15,6 +15,7 @@ import time
 import psutil
 
 from bus.config import load as load_config
+from probes.supervisor import probe_service
 
 from .harness import Figure, Mode, NotBuilt, summary
 from .procs import CountingProxy, Procs, cpu_seconds, fake_for, wait_port
@@ -36,8 +37,8 @@ def _label(proc: psutil.Process, aggregator_pid: int, supervisor_pid: int) -> st
         return "aggregator"
     if proc.pid == supervisor_pid:
         return "probe supervisor"
-    args = proc.cmdline()
-    return f"probe {args[args.index('run') + 1]}" if "run" in args else " ".join(args[1:4])
+    service = probe_service(proc)  # spawned `probes run x`, or forked and named probe-x (Linux)
+    return f"probe {service}" if service else " ".join(proc.cmdline()[1:4])
 
 
 def _pss(proc: psutil.Process) -> float | None:
