@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from itertools import accumulate
 from typing import Iterable
 
@@ -130,16 +130,20 @@ def quantiles(bins: dict[int, int], qs: tuple[float, ...]) -> list[float | None]
 
 
 class Counts:
-    """A window's bins as a Fenwick tree over DDSketch keys: adding a bucket's bins and
-    finding the key at a rank are both O(log n), so a window's p50/p95/p99 cost a few
-    microseconds however many buckets it holds. The key range grows on demand; the zero
-    bin is counted apart."""
-    __slots__ = ("lo", "size", "tree", "zeros", "total")
+    """A window's bins as counts per DDSketch key plus sums per block of keys (two levels):
+    adding a bucket's bins is O(1) per bin, and finding the key at a rank is a running sum
+    over the blocks and then within one block, each done by `accumulate` + `bisect` in C,
+    so a window's p50/p95/p99 cost a few microseconds however many buckets it holds (a
+    Fenwick tree's descent, a Python loop per level, cost several times more). The key range
+    grows on demand; the zero bin is counted apart."""
+    __slots__ = ("lo", "size", "shift", "cnt", "blk", "zeros", "total")
 
     def __init__(self) -> None:
         self.lo = 0
         self.size = 0
-        self.tree = array("q")
+        self.shift = 0              # block width is 1 << shift keys
+        self.cnt = array("q")       # count per key lo .. lo + size - 1
+        self.blk = array("q")       # count per block of keys
         self.zeros = 0
         self.total = 0
 
@@ -152,11 +156,8 @@ class Counts:
         if not 0 <= i < self.size:
             self._grow(k)
             i = k - self.lo
-        tree, n = self.tree, self.size
-        i += 1
-        while i <= n:
-            tree[i - 1] += c
-            i += i & -i
+        self.cnt[i] += c
+        self.blk[i >> self.shift] += c
 
     def _grow(self, k: int) -> None:
         counts = self.points()
@@ -167,7 +168,10 @@ class Counts:
             size *= 2
         self.lo = lo - (size - (hi - lo + 1)) // 2  # room on both sides
         self.size = size
-        self.tree = array("q", bytes(8 * size))
+        # Blocks about as many as keys per block: both running sums stay short.
+        self.shift = (size.bit_length()) // 2
+        self.cnt = array("q", bytes(8 * size))
+        self.blk = array("q", bytes(8 * (size >> self.shift)))
         total, zeros = self.total, self.zeros
         for key, c in counts:
             self.add(key, c)
@@ -175,42 +179,41 @@ class Counts:
 
     def points(self) -> list[tuple[int, int]]:
         """(key, count) for every non-empty bin but the zero bin."""
-        out, prev = [], 0
-        for i in range(self.size):
-            now = self.prefix(i)
-            if now != prev:
-                out.append((self.lo + i, now - prev))
-            prev = now
-        return out
-
-    def prefix(self, i: int) -> int:
-        """Count of keys lo .. lo + i."""
-        s, i, tree = 0, i + 1, self.tree
-        while i > 0:
-            s += tree[i - 1]
-            i -= i & -i
-        return s
+        lo = self.lo
+        return [(lo + i, c) for i, c in enumerate(self.cnt) if c]
 
     def key_at(self, rank: int) -> int:
-        """Smallest key whose running count exceeds rank (a 0-based rank): a Fenwick descent."""
-        if rank < self.zeros:
-            return ZERO_KEY
-        rank -= self.zeros
-        tree = self.tree
-        pos = 0
-        step = self.size >> 1  # size is a power of two and tree[size - 1] is the total: skip it
-        while step:
-            v = tree[pos + step - 1]
-            if v <= rank:
-                pos += step
-                rank -= v
-            step >>= 1
-        return self.lo + pos
+        """Smallest key whose running count exceeds rank (a 0-based rank)."""
+        return self._keys_at([rank])[0]
+
+    def _keys_at(self, ranks: list[int]) -> list[int]:
+        """key_at() for many ranks, sharing the running sum over the blocks."""
+        zeros, lo, shift, cnt = self.zeros, self.lo, self.shift, self.cnt
+        cum = None
+        out = []
+        for rank in ranks:
+            if rank < zeros:
+                out.append(ZERO_KEY)
+                continue
+            rank -= zeros
+            if cum is None:
+                cum = list(accumulate(self.blk))
+            b = bisect_right(cum, rank)
+            if b >= len(cum):  # past the total: the last key (callers ask for ranks below it)
+                out.append(lo + self.size - 1)
+                continue
+            if b:
+                rank -= cum[b - 1]
+            start = b << shift
+            inner = list(accumulate(cnt[start:start + (1 << shift)]))
+            out.append(lo + start + bisect_right(inner, rank))
+        return out
 
     def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
-        if self.total <= 0:
+        total = self.total
+        if total <= 0:
             return [None] * len(qs)
-        return [value(self.key_at(nearest_rank(q, self.total) - 1)) for q in qs]
+        return [value(k) for k in self._keys_at([nearest_rank(q, total) - 1 for q in qs])]
 
 
 def to_ddsketch(bins: dict[int, int]):
