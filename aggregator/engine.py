@@ -302,9 +302,7 @@ class Engine:
         svc.queue_current = q = q if _number(q) else None
         if q is not None:
             svc.series.advance(now)
-            acc = svc.series.live.acc
-            if q > acc.qpeak:
-                acc.qpeak = float(q)
+            svc.series.live.queue(q)
         if jt is not None and jt != svc.last_job_time and _number(jt):
             svc.job_times.append(float(jt))  # probes repeat the last job's time; count each job once
         svc.last_job_time = jt

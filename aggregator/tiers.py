@@ -120,7 +120,7 @@ class Tier:
 
     __slots__ = ("step", "n", "label", "name", "live", "c_ok", "c_fail", "c_sum", "c_mn", "c_mx", "c_time",
                  "c_q", "c_sk", "c_err", "head", "filled", "acc", "acc_k", "win", "counts", "dq_mn", "dq_mx",
-                 "dq_q")
+                 "dq_q", "gen", "ev_key", "ev")
 
     def __init__(self, step: float, keep: float, label: str, name: str, live: bool = False) -> None:
         self.step = step
@@ -149,11 +149,22 @@ class Tier:
         self.dq_mn: deque[tuple[int, float]] = deque()
         self.dq_mx: deque[tuple[int, float]] = deque()
         self.dq_q: deque[tuple[int, float]] = deque()
+        # The window's event figures (counts, quantiles, min/max, errors, queue peak) change
+        # only when events enter or leave it, not as time passes nor when a bucket closes:
+        # `gen` counts the changes that leave the window's timing totals as they were (an
+        # expiry, a merge, a queue peak, a restore, float32 storage altering a shown min/max),
+        # and within one gen timings are only ever added, so (gen, totals) names the figures
+        # and `ev` keeps those computed at `ev_key`. A window with nothing new recomputes only
+        # its state time (an idle service's record, once a second).
+        self.gen = 0
+        self.ev_key: tuple | None = None
+        self.ev: tuple = ()
 
     # -- writing --------------------------------------------------------------------
     def clear(self) -> None:
         """Drop every closed bucket (a gap longer than the retention); the open one stays."""
         fresh = Tier(self.step, self.n * self.step, self.label, self.name, self.live)
+        fresh.gen = self.gen + 1
         for attr in Tier.__slots__:
             if attr not in ("acc", "acc_k"):
                 setattr(self, attr, getattr(fresh, attr))
@@ -179,6 +190,12 @@ class Tier:
             for j in range(k - gap, k):
                 self._push(j, Agg(), shift=True)
 
+    def queue(self, q: float) -> None:
+        """A queue depth reported now (into the open bucket's peak)."""
+        if q > self.acc.qpeak:
+            self.acc.qpeak = float(q)
+            self.gen += 1
+
     def credit(self, t0: float, t1: float, cls: int) -> None:
         """Add the time [t0, t1) spent in state class `cls`, split at bucket edges."""
         if t1 <= t0:
@@ -199,11 +216,13 @@ class Tier:
 
     def absorb(self, closed: Agg) -> None:
         """A closed tier-0 bucket joins this (coarser) tier's open bucket, and its window."""
+        self.gen += 1
         self.acc.merge_events(closed)
         self._add_events(closed, 1)
 
     def load_acc(self, agg: Agg) -> None:
         """Restore the open bucket (from disk)."""
+        self.gen += 1
         if not self.live:
             self._add_events(self.acc, -1)
             for c in CLASSES:
@@ -253,13 +272,20 @@ class Tier:
         if self.live:
             self._add_events(agg, 1)
         if agg.ok:
-            _slide(self.dq_mn, k, self.c_mn[slot], lower=True)
-            _slide(self.dq_mx, k, self.c_mx[slot], lower=False)
+            mn, mx = self.c_mn[slot], self.c_mx[slot]
+            _slide(self.dq_mn, k, mn, lower=True)
+            _slide(self.dq_mx, k, mx, lower=False)
+            if round(mn, 3) != round(agg.mn, 3) or round(mx, 3) != round(agg.mx, 3):
+                self.gen += 1  # what figures() shows of this bucket's min/max changed (float32)
         if agg.qpeak >= 0:
             _slide(self.dq_q, k, self.c_q[slot], lower=False)
+            if self.c_q[slot] != agg.qpeak:
+                self.gen += 1
         self.head = k
 
     def _expire(self, slot: int, k: int) -> None:
+        if self.c_ok[slot] or self.c_fail[slot] or self.c_q[slot] >= 0 or self.c_sk[slot] or slot in self.c_err:
+            self.gen += 1
         win = self.win
         win.ok -= self.c_ok[slot]
         win.fail -= self.c_fail[slot]
@@ -294,6 +320,35 @@ class Tier:
     def figures(self, time_extra: tuple[int, float], covered_s: float) -> dict[str, Any]:
         """The window's figures (plus the open bucket for the live tier, plus the state
         time not yet credited)."""
+        a = self.acc
+        win = self.win
+        key = (self.gen, win.ok + a.ok, win.fail + a.fail) if self.live else self.gen
+        if key != self.ev_key:
+            self.ev, self.ev_key = self._events(), key
+        count, avg, p50, p95, p99, mn, mx, success, errors, qpeak = self.ev
+        time = list(win.time)
+        if self.live:
+            at = a.time
+            for c in CLASSES:
+                time[c] += at[c]
+        time[time_extra[0]] += time_extra[1]
+        observed = sum(time)
+        return {
+            "count": count, "avg_ms": avg, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "min_ms": mn, "max_ms": mx,
+            "success_rate": success,
+            "uptime": uptime(time),
+            "unknown_ratio": time[UNKNOWN] / observed if observed > 0 else None,
+            "rpm": count / (covered_s / 60.0) if covered_s > 0 else None,
+            "errors_by_kind": errors,  # shared by the records built from one `ev`: read only
+            "queue_peak": qpeak,
+            "up_s": time[UP], "down_s": time[DOWN], "unknown_s": time[UNKNOWN],
+            # The other shares, in seconds like the three above (a share of the window is its
+            # *_s over the sum of all six; kept as seconds so a record stays small).
+            "loading_s": time[LOADING], "sleeping_s": time[SLEEPING], "degraded_s": time[DEGRADED],
+        }
+
+    def _events(self) -> tuple:
+        """The window's event figures, in the order figures() unpacks them."""
         win = self.win
         ok, fail, total_sum = win.ok, win.fail, win.sum
         a = self.acc
@@ -301,7 +356,6 @@ class Tier:
         mx = max(self.dq_mx[0][1] if self.dq_mx else -INF, a.mx)
         qpeak = max(self.dq_q[0][1] if self.dq_q else -1.0, a.qpeak)
         errors = win.errors
-        time = list(win.time)
         extra = None
         if self.live:
             ok += a.ok
@@ -311,30 +365,13 @@ class Tier:
                 errors = dict(errors)
                 for kind, n in a.errors.items():
                     errors[kind] = errors.get(kind, 0) + n
-            for c in CLASSES:
-                time[c] += a.time[c]
             extra = a.bins
-        time[time_extra[0]] += time_extra[1]
         p50, p95, p99 = self.quantiles((0.5, 0.95, 0.99), extra)
         count = ok + fail
-        observed = sum(time)
-        return {
-            "count": count,
-            "avg_ms": total_sum / ok if ok else None,
-            "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
-            "min_ms": round(mn, 3) if ok else None,  # ring columns hold float32: show whole microseconds
-            "max_ms": round(mx, 3) if ok else None,
-            "success_rate": ok / count if count else None,
-            "uptime": uptime(time),
-            "unknown_ratio": time[UNKNOWN] / observed if observed > 0 else None,
-            "rpm": count / (covered_s / 60.0) if covered_s > 0 else None,
-            "errors_by_kind": dict(errors),
-            "queue_peak": qpeak if qpeak >= 0 else None,
-            "up_s": time[UP], "down_s": time[DOWN], "unknown_s": time[UNKNOWN],
-            # The other shares, in seconds like the three above (a share of the window is its
-            # *_s over the sum of all six; kept as seconds so a record stays small).
-            "loading_s": time[LOADING], "sleeping_s": time[SLEEPING], "degraded_s": time[DEGRADED],
-        }
+        return (count, total_sum / ok if ok else None, p50, p95, p99,
+                round(mn, 3) if ok else None,  # ring columns hold float32: show whole microseconds
+                round(mx, 3) if ok else None,
+                ok / count if count else None, dict(errors), qpeak if qpeak >= 0 else None)
 
     def buckets(self, since: float = -INF):
         """Closed buckets, oldest first, then the open one: (start, Agg, open?)."""
