@@ -62,6 +62,25 @@ class Alert:
         return False
 
 
+def inputs(record: dict[str, Any]) -> tuple | None:
+    """Everything conditions() reads from a record, so records with equal inputs give equal
+    conditions; None while they also depend on time (a down service's down_for_s grows on its
+    own). The engine evaluates a service's rules again only when these or the rules changed,
+    or one of its alerts' timers is due."""
+    if record.get("down_for_s") is not None:
+        return None
+    stats = record.get("stats") or {}
+    return (record["service"], stats.get("p95_ms"), stats.get("success_rate"), (record.get("queue") or {}).get("current"),
+            record.get("state"), record.get("error_kind"), (record.get("details") or {}).get("providers"))
+
+
+def due(alert: Alert, raise_after: float, clear_after: float, now: float) -> bool:
+    """Would step() raise or clear this alert now if its condition stayed as it is?"""
+    if alert.active:
+        return alert.good_since is not None and now - alert.good_since >= clear_after
+    return alert.bad_since is not None and now - alert.bad_since >= raise_after
+
+
 def conditions(rules: dict[str, Any], record: dict[str, Any], now: float) -> list[tuple]:
     """(name, metric, value, threshold, bad, good, raise_after, clear_after, message) for every
     rule that applies. bad and good are both False while the value is unknown."""

@@ -128,6 +128,10 @@ class ServiceState:
         self.src_since = 0.0  # when this probe (src) first reported: grace before its first heartbeat
         self.dead = False     # probe silent: shown as unknown, while `status` keeps its last report
         self.degraded = False  # a DEGRADING_ALERTS alert is active: connected is shown as degraded
+        # What its alert rules were last evaluated on ((rules, alerts.inputs()), or None), and
+        # the (alert, raise_after, clear_after) timers that evaluation left running.
+        self.alert_key: tuple | None = None
+        self.alert_timers: list[tuple[alerting.Alert, float, float]] = []
         self.down_since: float | None = None  # when the state class became down (disconnected or error)
         self.last_event = 0.0  # newest status or usage event (timings: Series.last_events)
         self.version = 0
@@ -403,20 +407,30 @@ class Engine:
 
     def evaluate_alerts(self, now: float) -> set[str]:
         changed = set()
-        for name in self.services:
+        for name, svc in self.services.items():
             rules = self.settings.alert_rules(name)
             if not rules.get("enabled", True):
                 continue
             try:
-                conditions = alerting.conditions(rules, self.record(name), now)
+                record = self.record(name)
+                inputs = alerting.inputs(record)
+                key = None if inputs is None else (rules, inputs)
+                # Same inputs and no timer due: stepping would change nothing (an idle service).
+                if key is not None and key == svc.alert_key and not any(
+                        alerting.due(a, ra, ca, now) for a, ra, ca in svc.alert_timers):
+                    continue
+                svc.alert_key = None
+                conditions = alerting.conditions(rules, record, now)
             except Exception as exc:  # noqa: BLE001 - odd details must not stop the other alerts
                 self.bad_events += 1
                 self.last_bad_event = f"alerts for {name}: {exc.__class__.__name__}: {exc}"[:300]
                 continue
+            timers = []
             for (aname, metric, value, threshold, bad, good, raise_after, clear_after, message) in conditions:
                 alert = self.alerts.get((name, aname))
                 if alert is None:
                     alert = self.alerts[(name, aname)] = alerting.Alert(name, aname, metric)
+                timers.append((alert, raise_after, clear_after))
                 alert.threshold = threshold
                 if alert.step(now, bad, good, raise_after, clear_after):
                     alert.value = value
@@ -425,7 +439,8 @@ class Engine:
                     changed.add(name)
                 elif alert.active:
                     alert.value = value
-            self._sync_degraded(self.services[name], now, changed)
+            svc.alert_key, svc.alert_timers = key, timers
+            self._sync_degraded(svc, now, changed)
         return changed
 
     def _sync_degraded(self, svc: ServiceState, now: float, changed: set[str]) -> None:
