@@ -116,8 +116,11 @@ def test_unwritable_data_dir_keeps_running_in_memory(endpoints, procs, client, i
 
 
 def test_history_survives_kill_9_in_a_loop(endpoints, procs, client, isolated_env):
-    """Events keep flowing while the aggregator is killed (-9) and restarted three times;
-    after each restart, everything sent more than 10 s before the kill is still there."""
+    """Events keep flowing while the aggregator is killed (-9) and restarted twice; after each
+    restart, everything sent more than 10 s before the kill is still there. Two kills cover
+    both cases: the first kills an aggregator that started on an empty data dir, the second
+    one that restored the file a killed aggregator left and then added to it (a third kill
+    would repeat the second case)."""
     ctx = new_context()
     pub = Publisher(pub_socket(ctx, endpoints.events), "probe.k")
     sent: list[float] = []
@@ -139,7 +142,7 @@ def test_history_survives_kill_9_in_a_loop(endpoints, procs, client, isolated_en
 
     try:
         kills: list[float] = []
-        for cycle in range(4):
+        for cycle in range(3):
             agg = procs.aggregator()
             client.services.pop("k", None)
             wait_subscribed()
@@ -150,7 +153,7 @@ def test_history_survives_kill_9_in_a_loop(endpoints, procs, client, isolated_en
                     have = stored(window)
                     assert must_have <= have <= len(sent), (cycle, window, must_have, have, len(sent))
                 assert client.services["k"]["stats"]["p50_ms"] == pytest.approx(42.0, rel=0.01)
-            if cycle == 3:
+            if cycle == 2:
                 break
             end = time.monotonic() + 11.0
             while time.monotonic() < end:
