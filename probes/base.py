@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -221,6 +222,21 @@ def probe_context() -> zmq.Context:
     return ctx
 
 
+def _nudge(tx: socket.socket) -> None:
+    try:
+        tx.send(b"\0")
+    except OSError:  # closed (the loop ended) or full (a wakeup is pending anyway)
+        pass
+
+
+def _nudge_drain(rx: socket.socket) -> None:
+    try:
+        while rx.recv(64):
+            pass
+    except OSError:  # BlockingIOError: drained
+        pass
+
+
 class ProbeRunner:
     """Runs one probe on the bus until `stop` is set.
 
@@ -262,9 +278,22 @@ class ProbeRunner:
         if address is not None:
             self.liveness = LivenessChannel(address, poller, self.clock)
         worker = ThreadPoolExecutor(1, thread_name_prefix=f"check-{self.probe.service}")
+        # A finished check wakes the poll through this pair (the worker writes a byte), so the
+        # loop neither polls for it nor sees it late.
+        done_rx, done_tx = socket.socketpair()
+        done_rx.setblocking(False)
+        done_tx.setblocking(False)
+        poller.register(done_rx, zmq.POLLIN)
+
+        def submit(fn: Callable[[], CheckResult]) -> Future:
+            future = worker.submit(fn)
+            future.add_done_callback(lambda _: _nudge(done_tx))
+            return future
 
         def wait(seconds: float) -> tuple[bool, bool]:
             ready = dict(poller.poll(math.ceil(seconds * 1000)))  # ceil: a float is truncated to 0 ms
+            if done_rx.fileno() in ready:
+                _nudge_drain(done_rx)
             if pub in ready and any(f[:1] == b"\x01" for f in drain(pub, 100, 0.01)):
                 # An aggregator subscribed: what was published before it connected is lost, and
                 # the next check may be 30 s away (60 s for the llm probe), so say it again now.
@@ -279,9 +308,11 @@ class ProbeRunner:
             return refresh, pushed
 
         try:
-            self.loop(wait, worker.submit)
+            self.loop(wait, submit)
         finally:
             worker.shutdown(wait=False, cancel_futures=True)
+            done_rx.close()
+            done_tx.close()
             self.probe.close_watch()
             if self.liveness is not None:
                 self.liveness.close()
@@ -302,7 +333,11 @@ class ProbeRunner:
         self._publish_status(CheckResult(False), "connecting")
         while not self.stop.is_set():
             now = clock()
-            if now >= next_beat:
+            check_due = pending is None and now >= next_check
+            # A check that starts beats too, and the next beat is timed from it: a beat due in
+            # the middle of the interval then coincides with the next check, one wakeup for
+            # both instead of two. (Beats come at least every HEARTBEAT_INTERVAL, sometimes sooner.)
+            if now >= next_beat or check_due:
                 self.publisher.send(f"heartbeat.{self.src}", {
                     "interval": HEARTBEAT_INTERVAL, "services": [self.probe.service],
                     "dropped": self.publisher.dropped})
@@ -321,8 +356,10 @@ class ProbeRunner:
             if pending is None and clock() >= next_check:
                 started = clock()
                 pending = submit(self._run_check)
-            wake = min(next_check, next_beat, self.liveness.wake_at() if self.liveness is not None else math.inf)
-            pause = 0.02 if pending is not None else max(0.0, wake - clock())
+            # While a check runs, its end wakes `wait` (or is already there: then do not wait).
+            wake = min(next_beat, self.liveness.wake_at() if self.liveness is not None else math.inf,
+                       next_check if pending is None else math.inf)
+            pause = 0.0 if pending is not None and pending.done() else max(0.0, wake - clock())
             refresh, pushed = wait(min(pause, IDLE_WAKE))
             if refresh:
                 self.machine.retry_briskly()  # a person asked: check now, and retry briskly again

@@ -1,5 +1,6 @@
 """The idle cost of `md-probes run-all` (bench figures 9 and 15): a supervisor that sleeps
-until a child exits, and on Linux children forked from it that share its imported runtime.
+until a child exits, on Linux children forked from it that share its imported runtime, and
+a probe loop that wakes only for work (a check, a heartbeat).
 
 Wakeups are the context switches of every thread of a process (/proc/<pid>/task/*/status),
 and memory is PSS (a page shared by n processes counts 1/n in each), so both are Linux-only.
@@ -8,15 +9,19 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import psutil
 import pytest
 
+from bus.sockets import close, new_context, pub_socket
+from probes.base import HEARTBEAT_INTERVAL, CheckResult, Probe, ProbeRunner
 from tests.conftest import wait_for
+from tests.test_probe_runner import FakeClock, Recording
 from tests.fakes.base import free_port
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, PSS and fork are Linux's")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, PSS and fork are Linux's")
 
 SERVICES = ("comfyui", "wan2gp", "rvc", "audioldm")
 
@@ -65,6 +70,7 @@ def supervisor(endpoints, procs, isolated_env):
     return sup, kids
 
 
+@linux_only
 def test_the_idle_supervisor_does_not_wake(supervisor):
     """It waits for a child's exit or a stop, not on a timer: polling its children every 0.2 s
     woke it 5 times a second."""
@@ -75,6 +81,7 @@ def test_the_idle_supervisor_does_not_wake(supervisor):
     assert rate < 1.0, f"idle supervisor woke {rate:.1f} times a second"  # was 5/s; now about 0
 
 
+@linux_only
 def test_forked_probes_share_the_supervisors_memory(supervisor):
     """The children are forked from a supervisor that already imported zmq, msgpack, psutil
     and the probe classes, so those pages count once across the tree. Measured on this
@@ -89,6 +96,7 @@ def test_forked_probes_share_the_supervisors_memory(supervisor):
     assert max(readings) < 62, f"tree PSS {max(readings):.1f} MiB for {len(tree)} processes"
 
 
+@linux_only
 def test_a_killed_forked_probe_comes_back_named(supervisor):
     sup, kids = supervisor
     victim = kids["comfyui"]
@@ -97,3 +105,49 @@ def test_a_killed_forked_probe_comes_back_named(supervisor):
     new = wait_for(lambda: (c := _children(sup.pid).get("comfyui")) and c.pid != victim.pid and c, timeout=30)
     assert new.name() == "probe-comfyui" and new.ppid() == sup.pid
     assert all(k.is_running() for s, k in kids.items() if s != "comfyui")
+
+
+def test_an_idle_probe_wakes_once_a_second(endpoints):
+    """The real loop (ProbeRunner.loop) on a fake clock, a healthy backend checked every 2 s:
+    the loop wakes for a beat, or for a check and the beat that goes with it. A beat timed on
+    its own clock, half an interval off the checks', and a 20 ms poll for each running check
+    made 2 wakeups a second; a finished check wakes the real loop itself (a socket pair)."""
+    clock = FakeClock()
+
+    class Healthy(Probe):
+        kind = "scripted"
+
+        def check(self):
+            return CheckResult(True, version="1.0")
+
+    r = ProbeRunner(Healthy("svc", {"url": "http://127.0.0.1:9", "interval": 2.0, "timeout": 2.0}),
+                    endpoints, clock=clock)
+    ctx = new_context()
+    sock = pub_socket(ctx, endpoints.events)  # nothing listens: sends are dropped, never block
+    r.publisher = Recording(sock, r.src, clock)
+    wakes: set[float] = set()
+    t0 = clock()
+
+    def wait(seconds):
+        clock.t += seconds
+        if clock() - t0 > 60:  # the first minute: confirming, then steady
+            wakes.add(round(clock(), 6))
+        if clock() - t0 > 660:
+            r.stop.set()
+        return False, False
+
+    def submit(fn):  # the check finishes at once (its end wakes the real loop: no poll for it)
+        f = Future()
+        f.set_result(fn())
+        return f
+
+    try:
+        r.loop(wait, submit)
+    finally:
+        close(sock)
+        ctx.term()
+    beats = [t for t, topic, _ in r.publisher.sent if topic.startswith("heartbeat.") and t - t0 > 60]
+    assert max(b - a for a, b in zip(beats, beats[1:])) <= HEARTBEAT_INTERVAL + 1e-6
+    assert r.machine.state == "connected"
+    rate = len(wakes) / 600
+    assert rate <= 1.05, f"{rate:.2f} wakeups a second"  # 1 (a beat a second, half of them with a check); was 2
