@@ -298,3 +298,14 @@ def test_real_gradio_314_rvc_is_found_on_a_moved_port(tmp_path):
     assert (rvc["kind"], rvc["service"], rvc["title"]) == ("gradio", "rvc", "RVC WebUI")
     assert rvc["version"].startswith("3.14.") and "infer_convert" in rvc["detail"]
     assert discover.table_of(rvc) == "services.rvc"
+
+
+def test_gradio_314_lock_meets_rvc_pins():
+    """The gradio 3.14 venv installs a locked set without resolving it, so the lock is what
+    is checked against RVC's pins: every pin is met, and a pin the lock misses is named."""
+    from tests.gradio_envs import LOCK, PINS, lock_problems
+
+    assert lock_problems() == []
+    assert {p.split("=")[0].lower() for p in LOCK} >= {"gradio", "pydantic", "fastapi", "numpy", "setuptools"}
+    assert lock_problems(PINS + ["gradio>=3.15"]) == ["gradio>=3.15: locked 3.14.0"]
+    assert lock_problems(["rvc-not-a-package<1"]) == ["rvc-not-a-package<1: locked None"]
