@@ -118,12 +118,12 @@ DRIVER = textwrap.dedent(r'''
         except OSError:
             return False
 
-    def traced():
-        try:
-            with open(TRACE) as f:
-                return sum(1 for _ in f)
-        except OSError:
-            return 0
+    DRAWS = {"sidebar": 0}
+
+    def sidebar_drawn():
+        """Counts every redraw of a 3D Viewport's sidebar (the trace only grows when what a
+        panel shows changes, and not at all before the add-on's tab is open)."""
+        DRAWS["sidebar"] += 1
 
     def scroll(clicks):
         """Scroll the sidebar by `clicks` wheel steps (down when positive), with the operator
@@ -152,28 +152,41 @@ DRIVER = textwrap.dedent(r'''
         def run():
             if drawn(panel, "VIEW_3D"):
                 return True
-            # Let Blender handle the last click and redraw before the next one: two draws
-            # traced since the click (a loaded machine can take seconds), or 8 s at most.
-            if time.time() < S.get("wait", 0) or (traced() < S.get("traced", 0) + 2 and time.time() < S.get("give_up", 0)):
+            # Let Blender handle the last click and redraw before the next one: two redraws of
+            # the sidebar since the click (the first may come before Blender reads the click;
+            # a loaded machine can take seconds), or 8 s at most. Each poll asks for a redraw,
+            # so a click that changes nothing still gets its two.
+            if time.time() < S.get("wait", 0) or (DRAWS["sidebar"] < S.get("drawn", 0) + 2
+                                                  and time.time() < S.get("give_up", 0)):
+                sidebar().tag_redraw()
                 return False
-            S["wait"], S["give_up"], S["traced"] = time.time() + 0.6, time.time() + 8.0, traced()
+            S["wait"], S["give_up"], S["drawn"] = time.time() + 0.6, time.time() + 8.0, DRAWS["sidebar"]
             l, t, r, b = rect(sidebar())
             if upward and not S.get(panel + ".scrolled"):
                 S[panel + ".scrolled"] = True
                 scroll(60)
                 return False
             k = S.setdefault(panel, 0)
-            S[panel] = k + 1
             y = b - 12 - k * step if upward else t + 12 + k * step
-            if not t < y < b:
+            # Upward, stop short of the tab's top header (a click there would close every panel).
+            # If the header was not met, what the panels show changed height mid-scan and moved
+            # it: scroll to the bottom again and start over, three passes at most.
+            if upward and y <= t + 40 and S.get(panel + ".passes", 1) < 3:
+                S[panel + ".passes"], S[panel] = S.get(panel + ".passes", 1) + 1, 0
+                scroll(60)
+                return False
+            if not (t + 40 if upward else t) < y < b:
                 raise RuntimeError(f"never found the place to click for {panel}")
+            S[panel] = k + 1
             click(x_of(l, r), y)
+            note(step="click", panel=panel, k=k, y=y, draws=DRAWS["sidebar"], sidebar=[l, t, r, b])
             return False
         return run
 
     def layout():
         a = S["big"] = area("VIEW_3D")  # the big one; it becomes a Properties editor for the wide shot
         a.spaces.active.show_region_ui = True
+        bpy.types.SpaceView3D.draw_handler_add(sidebar_drawn, (), "UI", "POST_PIXEL")
         note(step="layout", dirty=bpy.data.is_dirty)
         return None
 
@@ -237,7 +250,10 @@ DRIVER = textwrap.dedent(r'''
         ("start", lambda: True, lambda: note(step="start-op", ops=list(bpy.ops.movie_director.start_monitor()),
                                             monitor=state.monitor_state)),
         ("tab", tab, lambda: None),
-        ("connected", lambda: svc("comfyui") == "connected", lambda: None),
+        # The header scan below needs rows that keep their height: it starts once RVC's
+        # dropout is over and RVC is back.
+        ("connected", lambda: svc("comfyui") == "connected" and T.get("rvc_down") == "done"
+                              and svc("rvc") == "connected", lambda: None),
         ("header", header, lambda: None),
         ("up", lambda: svc("comfyui") == "connected" and svc("wan2gp") in ("disconnected", "error")
                        and svc("rvc") == "connected" and charted("comfyui") and time.time() > T0 + TRAFFIC,
