@@ -136,6 +136,9 @@ class ServiceState:
         self.last_event = 0.0  # newest status or usage event (timings: Series.last_events)
         self.version = 0
         self.cache: tuple[int, dict[str, Any]] | None = None
+        # The record's parts that follow only from the last status and the probe's liveness:
+        # (status, (dead, degraded, src), parts), rebuilt when one of those changes.
+        self.status_parts: tuple | None = None
         self.window_cache: dict[int, tuple[tuple, dict[str, Any]]] = {}  # tier -> (refresh slot, figures)
         self.history_cache: dict[int, HistoryColumns] = {}  # tier -> its closed buckets' history columns
         self.history_out: dict[int, tuple[tuple, dict[str, Any]]] = {}  # tier -> (what it was built from, entry)
@@ -581,8 +584,28 @@ class Engine:
             if i:
                 svc.window_cache[i] = (slot, w)
         first = windows[series.tiers[0].label]
-        stats = {k: first[k] for k in ("count", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "min_ms", "max_ms",
-                                       "success_rate")}
+        parts = svc.status_parts
+        flags = (svc.dead, svc.degraded, svc.src)
+        if parts is None or parts[0] is not s or parts[1] != flags:
+            parts = svc.status_parts = (s, flags, self._status_parts(svc))
+        head, job_time, resources = parts[2]
+        record = head.copy()
+        record["last_check"] = svc.last_check
+        record["last_change"] = svc.last_change
+        record["stats"] = {k: first[k] for k in _STATS}
+        record["windows"] = windows
+        record["uptime"] = {lbl: w["uptime"] for lbl, w in windows.items()}
+        record["queue"] = {"current": svc.queue_current, "peak": first["queue_peak"]}
+        record["job_time"] = job_time
+        record["resources"] = resources
+        if svc.name == "llm" or svc.usage:
+            record["usage"] = self._usage(svc)
+        return record
+
+    def _status_parts(self, svc: ServiceState) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
+        """The record's fields up to "timeout", its job_time and its resources: what follows
+        from the last status (job times arrive with it) and the probe's liveness alone."""
+        s = svc.status
         jobs = sorted(svc.job_times)
         details = s.get("details") if isinstance(s.get("details"), dict) else {}
         state, error, error_kind = s.get("state", STATE_UNKNOWN), s.get("error", ""), s.get("error_kind", "")
@@ -592,7 +615,7 @@ class Engine:
                      "the probe has stopped, so this service's real state is unknown")
         elif state == "connected" and svc.degraded:
             state = STATE_DEGRADED
-        record = {
+        head = {
             "service": svc.name,
             "kind": s.get("kind", svc.name),
             "state": state,
@@ -605,19 +628,10 @@ class Engine:
             "details": details,
             "interval": s.get("interval"),
             "timeout": s.get("timeout"),
-            "last_check": svc.last_check,
-            "last_change": svc.last_change,
-            "stats": stats,
-            "windows": windows,
-            "uptime": {lbl: w["uptime"] for lbl, w in windows.items()},
-            "queue": {"current": svc.queue_current, "peak": first["queue_peak"]},
-            "job_time": {"p50_ms": _exact_q(jobs, 0.5), "p95_ms": _exact_q(jobs, 0.95), "count": len(jobs)}
-            if jobs else None,
-            "resources": details.get("resources"),
         }
-        if svc.name == "llm" or svc.usage:
-            record["usage"] = self._usage(svc)
-        return record
+        job_time = ({"p50_ms": _exact_q(jobs, 0.5), "p95_ms": _exact_q(jobs, 0.95), "count": len(jobs)}
+                    if jobs else None)
+        return head, job_time, details.get("resources")
 
     def price_of(self, model: str, provider: str | None = None) -> dict[str, float] | None:
         prices = self.settings.prices
@@ -747,6 +761,7 @@ class Engine:
         return out
 
 
+_STATS = ("count", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "success_rate")  # record["stats"]
 HISTORY_COLUMNS = ("p50_ms", "p95_ms", "success_rate", "up_ratio")
 _MEDIAN_P95 = (0.5, 0.95)
 # A closed bucket's packed bins -> its (p50, p95). Few distinct blobs occur (a probe's

@@ -187,33 +187,55 @@ class Counts:
         return self._keys_at([rank])[0]
 
     def _keys_at(self, ranks: list[int]) -> list[int]:
-        """key_at() for many ranks, sharing the running sum over the blocks."""
+        """key_at() for ascending ranks, sharing the running sums (ranks often share a block)."""
         zeros, lo, shift, cnt = self.zeros, self.lo, self.shift, self.cnt
-        cum = None
+        cum = list(accumulate(self.blk))
+        blocks = len(cum)
         out = []
+        inner_b, start, inner = -1, 0, []
         for rank in ranks:
             if rank < zeros:
                 out.append(ZERO_KEY)
                 continue
             rank -= zeros
-            if cum is None:
-                cum = list(accumulate(self.blk))
             b = bisect_right(cum, rank)
-            if b >= len(cum):  # past the total: the last key (callers ask for ranks below it)
+            if b >= blocks:  # past the total: the last key (callers ask for ranks below it)
                 out.append(lo + self.size - 1)
                 continue
             if b:
                 rank -= cum[b - 1]
-            start = b << shift
-            inner = list(accumulate(cnt[start:start + (1 << shift)]))
+            if b != inner_b:
+                inner_b, start = b, b << shift
+                inner = list(accumulate(cnt[start:start + (1 << shift)]))
             out.append(lo + start + bisect_right(inner, rank))
         return out
 
-    def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
+    def quantiles(self, qs: tuple[float, ...], extra: dict[int, int] | None = None) -> list[float | None]:
+        """Quantiles of these counts, plus `extra` bins (a live bucket's) counted in only for
+        this answer."""
         total = self.total
+        if extra:
+            total += sum(extra.values())
         if total <= 0:
             return [None] * len(qs)
-        return [value(k) for k in self._keys_at([nearest_rank(q, total) - 1 for q in qs])]
+        ranks = _RANKS.get((qs, total))
+        if ranks is None:
+            if len(_RANKS) >= 10_000:
+                _RANKS.clear()
+            ranks = _RANKS[(qs, total)] = [nearest_rank(q, total) - 1 for q in qs]
+        if not extra:
+            return [value(k) for k in self._keys_at(ranks)]
+        add = self.add
+        for k, c in extra.items():
+            add(k, c)
+        try:
+            return [value(k) for k in self._keys_at(ranks)]
+        finally:
+            for k, c in extra.items():
+                add(k, -c)
+
+
+_RANKS: dict[tuple, list[int]] = {}  # (qs, total) -> the 0-based ranks: a window's total recurs a lot
 
 
 def to_ddsketch(bins: dict[int, int]):

@@ -309,13 +309,7 @@ class Tier:
     # -- reading --------------------------------------------------------------------
     def quantiles(self, qs: tuple[float, ...], extra: dict[int, int] | None = None) -> list[float | None]:
         """Window quantiles; `extra` bins (the live 1 s bucket) count in without being kept."""
-        if not extra:
-            return self.counts.quantiles(qs)
-        self._add_bins(extra.items(), 1)
-        try:
-            return self.counts.quantiles(qs)
-        finally:
-            self._add_bins(extra.items(), -1)
+        return self.counts.quantiles(qs, extra)
 
     def figures(self, time_extra: tuple[int, float], covered_s: float) -> dict[str, Any]:
         """The window's figures (plus the open bucket for the live tier, plus the state
@@ -326,17 +320,20 @@ class Tier:
         if key != self.ev_key:
             self.ev, self.ev_key = self._events(), key
         count, avg, p50, p95, p99, mn, mx, success, errors, qpeak = self.ev
-        time = list(win.time)
+        wt = win.time
         if self.live:
             at = a.time
-            for c in CLASSES:
-                time[c] += at[c]
+            time = [wt[0] + at[0], wt[1] + at[1], wt[2] + at[2], wt[3] + at[3], wt[4] + at[4], wt[5] + at[5]]
+        else:
+            time = list(wt)
         time[time_extra[0]] += time_extra[1]
         observed = sum(time)
+        up = time[UP] + time[DEGRADED]  # the uptime() rule, inline
+        known = up + time[DOWN]
         return {
             "count": count, "avg_ms": avg, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "min_ms": mn, "max_ms": mx,
             "success_rate": success,
-            "uptime": uptime(time),
+            "uptime": up / known if known > 0 else None,
             "unknown_ratio": time[UNKNOWN] / observed if observed > 0 else None,
             "rpm": count / (covered_s / 60.0) if covered_s > 0 else None,
             "errors_by_kind": errors,  # shared by the records built from one `ev`: read only
@@ -366,7 +363,7 @@ class Tier:
                 for kind, n in a.errors.items():
                     errors[kind] = errors.get(kind, 0) + n
             extra = a.bins
-        p50, p95, p99 = self.quantiles((0.5, 0.95, 0.99), extra)
+        p50, p95, p99 = self.counts.quantiles(_P50_P95_P99, extra)
         count = ok + fail
         return (count, total_sum / ok if ok else None, p50, p95, p99,
                 round(mn, 3) if ok else None,  # ring columns hold float32: show whole microseconds
@@ -397,6 +394,9 @@ class Tier:
         if self.filled:
             return (self.head - self.filled + 1) * self.step
         return None if self.acc_k is None else self.acc_k * self.step
+
+
+_P50_P95_P99 = (0.5, 0.95, 0.99)
 
 
 def _slide(dq: deque, k: int, v: float, lower: bool) -> None:
