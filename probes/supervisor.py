@@ -148,12 +148,14 @@ def preload(services: dict[str, dict]) -> None:
     import zmq  # noqa: F401
 
     from . import base, http, resources  # noqa: F401
-    from .registry import PROBES, probe_class
+    from .registry import probe_class
 
     for name, settings in services.items():
         flavour = settings.get("flavour", name)
-        if flavour in PROBES:
+        try:
             probe_class(flavour)
+        except Exception:  # KeyError, ImportError: that child says what is wrong when it starts
+            pass
     gc.freeze()  # the collector never touches (so never copies) what the children inherit
 
 
@@ -243,14 +245,18 @@ def supervise(cfg: Config, config_path: str | None, stop: threading.Event, *,
             with lock:
                 if stopping:
                     return
-                proc = procs[name] = start(name)
                 life.started(time.monotonic())
-            log.info("probe %s started (pid %d)", name, proc.pid)
-            code = proc.wait()
-            if stop.is_set():
-                return
-            with lock:
-                forget(proc)
+                try:
+                    proc = procs[name] = start(name)
+                except OSError as exc:  # no memory, no pids left: try again after the backoff
+                    proc, code = None, f"none: it did not start ({exc})"
+            if proc is not None:
+                log.info("probe %s started (pid %d)", name, proc.pid)
+                code = proc.wait()
+                if stop.is_set():
+                    return
+                with lock:
+                    forget(proc)
             delay = life.exited(time.monotonic())
             log.warning("probe %s exited with code %s; restart %d in %g s", name, code, life.restarts, delay)
             if stop.wait(delay):
