@@ -130,7 +130,14 @@ def drain(sock: zmq.Socket, max_messages: int = 1000, max_seconds: float = 0.005
     deadline = time.perf_counter() + max_seconds
     multipart = sock.type == zmq.ROUTER
     recv = sock.recv_multipart if multipart else sock.recv
+    events = sock.getsockopt
     while len(out) < max_messages:
+        # An idle socket holds a frame or two per wake (or none: the add-on drains on every
+        # timer tick), and asking ZMQ_EVENTS (about 1.6 us) is cheaper than the zmq.Again a
+        # recv on an empty socket raises (about 4.4 us). In a burst a check per frame would
+        # cost more than the one exception at its end, so past a few frames recv runs until Again.
+        if len(out) < _ASK_FIRST and not events(zmq.EVENTS) & zmq.POLLIN:
+            break
         try:
             out.append(recv(zmq.NOBLOCK))
         except zmq.Again:
@@ -138,6 +145,9 @@ def drain(sock: zmq.Socket, max_messages: int = 1000, max_seconds: float = 0.005
         if time.perf_counter() >= deadline:
             break
     return out
+
+
+_ASK_FIRST = 4  # frames drained with a ZMQ_EVENTS check before each (see drain)
 
 
 def close(*sockets: zmq.Socket | None) -> None:
