@@ -243,7 +243,9 @@ DRIVER = textwrap.dedent(r'''
         state.services["wan2gp"].show_details = True
 
 
-    tab = scan("connection_status", lambda l, r: r - 10, 14)
+    # Down the tab strip in 28 px steps: shorter than the Movie Director tab (its label is
+    # longer than any other tab's), so no click can step over it.
+    tab = scan("connection_status", lambda l, r: r - 10, 28)
     # The sidebar overlaps the viewport: its panels start about 11 px in from the region's edge.
     header = scan("health_dashboard", lambda l, r: l + 15, 8, upward=True)
     plan = [
