@@ -25,7 +25,7 @@ from bus.sockets import (Endpoints, close, drain, endpoint_in_use, new_context, 
                          sub_socket)
 
 from . import export as exporter
-from .engine import Engine
+from .engine import PROBE_DEAD_AFTER_BEATS, Engine
 from .settings import Settings, label
 from .store import Store, StoreUnavailable
 from .timeline import Timeline
@@ -33,13 +33,19 @@ from .timeline import Timeline
 log = logging.getLogger("aggregator")
 
 HEARTBEAT_INTERVAL = 1.0
-TICK = 0.25  # how often probe liveness is re-evaluated (a dead probe shows unknown within 3 beats + this);
-            # 10 Hz cost about a seventh of the aggregator's always-on CPU for no visible gain (figure 9)
-# A step of the engine's clock longer than this is unobserved time (engine.MAX_OBSERVED_STEP):
-# eight ticks. Below a probe's 3-beat deadline minus a beat, so a forward wall-clock step the
-# timeline follows can never make a live probe look dead; a loop stalled longer than this on a
-# loaded machine credits the stall unknown rather than guessing.
-OBSERVED_STEP = 8 * TICK
+# The loop sleeps until its next due thing and wakes for nothing else: the heartbeat (once a
+# second, with a tick of the engine and every service republished), the next probe-liveness
+# deadline (the loop wakes at the moment a silent probe passes its 3 beats, so it shows unknown
+# then, not a tick later), the next history flush and the next rejection summary.
+# A probe shown dead that beats again is noticed by a tick; while any is dead, a tick follows
+# events within RETICK rather than at the next heartbeat.
+RETICK = 0.25
+# A step of the engine's clock longer than this is unobserved time (engine.MAX_OBSERVED_STEP).
+# The loop reads the clock at least every HEARTBEAT_INTERVAL; this is twice that. Below a
+# probe's 3-beat deadline minus a beat, so a forward wall-clock step the timeline follows can
+# never make a live probe look dead; a loop stalled longer than this on a loaded machine
+# credits the stall unknown rather than guessing.
+OBSERVED_STEP = 2.0
 DRAIN_BUDGET = (5000, 0.05)  # events and seconds per loop turn, so requests are never starved
 SERVE_BUDGET = 0.02  # seconds of request handling per loop turn, so events are never starved either
 # Requests are work a sender controls, so the work and the memory they take are bounded
@@ -133,6 +139,11 @@ class Aggregator:
         self._histories: dict[tuple, tuple[float, bytes]] = {}  # (range, points) -> (built at, packed history)
         self._live: tuple[int, int, bytes] | None = None  # (publisher seq, state keys, packed entries but history)
         self.loop_errors = 0
+        # When the loop next ticks the engine (monotonic; see _schedule): at once at start.
+        self._next_tick = -math.inf
+        self._last_tick = -math.inf
+        self._any_dead = False
+        self._scheduled_for: tuple[int, int] | None = None
         self.collector = None
         self.metrics_server = None
 
@@ -227,18 +238,23 @@ class Aggregator:
         poller = zmq.Poller()
         poller.register(events, zmq.POLLIN)
         poller.register(router, zmq.POLLIN)
-        next_tick = next_beat = time.monotonic()
-        next_flush = time.monotonic() + self.settings.flush_interval
-        next_summary = time.monotonic() + self.settings.reject_log_interval
+        next_beat = time.monotonic()
+        next_flush = next_beat + self.settings.flush_interval
+        next_summary = next_beat + self.settings.reject_log_interval
         self.ready.set()
         log.info("aggregator %s listening: events %s, snapshots %s, requests %s", self.instance,
                  self.endpoints.events, self.endpoints.snapshots, self.endpoints.requests)
+        mono = time.monotonic
         try:
             while not self.stop.is_set():
-                timeout = max(0.0, min(next_tick, next_beat) - time.monotonic())
-                # ceil: pyzmq truncates a float timeout, so a sub-millisecond wait became 0 and the
-                # idle loop spun ~200 times a second before each tick (bench figure 9).
-                ready = dict(poller.poll(0 if self._pending else math.ceil(min(timeout, 0.2) * 1000)))
+                if self._pending:
+                    wait = 0
+                else:
+                    due = min(next_beat, self._next_tick, next_flush, next_summary)
+                    # ceil: pyzmq truncates a float timeout, and a wait cut short by that would
+                    # wake once more for the remaining fraction of a millisecond.
+                    wait = math.ceil(max(0.0, due - mono()) * 1000)
+                ready = dict(poller.poll(wait))
                 changed: set[str] = set()
                 if events in ready:
                     changed |= self._ingest(drain(events, *DRAIN_BUDGET))
@@ -246,11 +262,10 @@ class Aggregator:
                     self._queue(router, drain(router, 1000, 0.01))
                 if self._pending:
                     self._serve(router)
-                now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + TICK
-                    changed |= self._guard(self.engine.tick, set())
+                now = mono()
                 beat = now >= next_beat
+                if beat or now >= self._next_tick:
+                    changed |= self._guard(self._tick, set())
                 if beat:
                     next_beat = now + HEARTBEAT_INTERVAL
                     changed = set(self.engine.services)  # everything, at least once a second
@@ -291,6 +306,51 @@ class Aggregator:
                 self.metrics_server.shutdown()
             close(events, pub, router)
             ctx.term()
+
+    # -- when the engine next has work ---------------------------------------------------
+    def _tick(self) -> set[str]:
+        """engine.tick(), then the time of the next one that has something to do."""
+        changed = self.engine.tick()
+        self._last_tick = time.monotonic()
+        self._schedule()
+        return changed
+
+    def _schedule(self) -> None:
+        """Set _next_tick to the earliest probe-liveness deadline (in monotonic time), from the
+        engine's public data: a probe counts as dead once silent for more than
+        PROBE_DEAD_AFTER_BEATS of its intervals (engine._probe_dead). Heartbeats only move a
+        deadline later, so one computed here is never late for the probes it saw; a new probe or
+        service makes _after_events compute it again. Beyond it, the heartbeat ticks anyway."""
+        engine = self.engine
+        probes = engine.probes
+        first = math.inf
+        dead = False
+        for svc in engine.services.values():
+            if not svc.src:
+                continue
+            if svc.dead:
+                dead = True
+                continue
+            beat = probes.get(svc.src)
+            at = (svc.src_since + PROBE_DEAD_AFTER_BEATS * 1.0 if beat is None
+                  else beat[0] + PROBE_DEAD_AFTER_BEATS * beat[1])
+            if at < first:
+                first = at
+        now = time.monotonic()
+        # Engine time to monotonic; a millisecond past the deadline, since a probe silent for
+        # exactly its deadline is not dead yet (and a tick that finds it alive must not spin).
+        self._next_tick = now + max(first - engine.now(), 0.0) + 0.001 if first < math.inf else math.inf
+        self._any_dead = dead
+        self._scheduled_for = (len(engine.services), len(probes))
+
+    def _after_events(self) -> None:
+        """Events changed what the schedule was computed from: a new service or probe has a
+        deadline of its own, and a heartbeat may bring a dead probe back (noticed by a tick)."""
+        engine = self.engine
+        if self._scheduled_for != (len(engine.services), len(engine.probes)):
+            self._guard(self._schedule, None)
+        if self._any_dead:
+            self._next_tick = min(self._next_tick, self._last_tick + RETICK)
 
     def _guard(self, fn, default):
         """Run one step of the loop; a bug in it is logged (the first few times), never fatal."""
@@ -334,6 +394,7 @@ class Aggregator:
             for src in sorted(probes, key=lambda s: probes[s][0])[:len(probes) - MAX_PROBES]:
                 del probes[src]
                 self._count_over_cap("probes", f"a heartbeat from more than {MAX_PROBES} probe sources")
+        self._after_events()
         for rejection in refused:
             if rejection is _OVER_CAP:
                 continue
