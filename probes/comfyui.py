@@ -59,6 +59,13 @@ class SocketWatcher(threading.Thread):
         self.endpoint = endpoint
         self.timeout = timeout
         self.stop = threading.Event()
+        self.ws = None  # the held connection; close() ends a blocked recv()
+
+    def close(self) -> None:
+        self.stop.set()
+        ws = self.ws
+        if ws is not None:
+            ws.close()
 
     def run(self) -> None:
         from websockets.exceptions import WebSocketException
@@ -75,19 +82,21 @@ class SocketWatcher(threading.Thread):
                     with connect(self.ws_url, open_timeout=self.timeout, close_timeout=0.5,
                                  max_size=8 << 20, ping_interval=10, ping_timeout=10) as ws:
                         held = True
+                        self.ws = ws
                         delay = 0.5
                         out.send_json({"event": "open"})
+                        # Blocks until a frame or the close; no timeout, so an idle
+                        # connection never wakes this thread (close() unblocks it).
                         while not self.stop.is_set():
-                            try:
-                                raw = ws.recv(timeout=0.5)
-                            except TimeoutError:
-                                continue
-                            self._forward(out, raw)
+                            self._forward(out, ws.recv())
                 except (OSError, TimeoutError, WebSocketException) as exc:
-                    if held:
+                    if self.stop.is_set():
+                        pass  # close() ended it
+                    elif held:
                         log.info("ComfyUI WebSocket closed (%s)", exc.__class__.__name__)
                     else:
                         log.debug("ComfyUI WebSocket not available (%s)", exc.__class__.__name__)
+                self.ws = None
                 if held and not self.stop.is_set():
                     out.send_json({"event": "closed"})
                 self.stop.wait(delay)
@@ -239,7 +248,7 @@ class ComfyUIProbe(Probe):
 
     def close_watch(self) -> None:
         if self.watcher is not None:
-            self.watcher.stop.set()
+            self.watcher.close()
             self.watcher.join(timeout=2.0)
 
     # -- the poll -------------------------------------------------------------------

@@ -2,6 +2,8 @@
 job API of newer builds and /history of older ones, and every GPU of /system_stats."""
 from __future__ import annotations
 
+import sys
+import threading
 import time
 
 import pytest
@@ -196,3 +198,28 @@ def test_another_app_on_comfyuis_port():
     with FakeGradio("wan2gp") as fake:
         r = ComfyUIProbe("comfyui", settings(fake.url)).check()
     assert r.error_kind == "wrong_service" and r.reachable and "is not ComfyUI" in r.error
+
+
+def _thread_switches(native_id: int) -> int:
+    text = open(f"/proc/self/task/{native_id}/status").read()
+    return sum(int(line.split()[1]) for line in text.splitlines()
+               if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread counters are in Linux's /proc")
+def test_the_held_websocket_sleeps_until_comfyui_speaks(endpoints, tap):
+    """The watcher blocks in recv() with no timeout (figure 15's idle CPU): a recv(timeout=0.5)
+    loop woke it about 2-4 times a second on a quiet socket. Stopping the probe still ends it."""
+    with FakeComfyUI() as fake, RunnerThread(ComfyUIProbe("comfyui", settings(fake.url, interval=30.0)),
+                                             endpoints):
+        tap.wait(lambda t: (t.last_status() or {}).get("details", {}).get("websocket"), timeout=20)
+        watcher = next(t for t in threading.enumerate() if t.name == "comfyui-ws")
+        before, t0 = _thread_switches(watcher.native_id), time.monotonic()
+        tap.pump(6.0)
+        rate = (_thread_switches(watcher.native_id) - before) / (time.monotonic() - t0)
+        print(f"idle WebSocket thread: {rate:.2f} wakeups a second")
+        assert rate < 0.5
+        fake.set_queue(0, 3)  # a frame still wakes it at once
+        tap.wait(lambda t: t.last_status()["details"]["queue_depth"] == 3, timeout=10)
+    watcher.join(timeout=10)
+    assert not watcher.is_alive()
