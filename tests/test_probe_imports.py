@@ -34,5 +34,7 @@ def test_every_flavour_still_resolves_to_its_class():
 
 
 def test_the_supervisor_command_loads_no_probe_loop():
+    # Importing the command stays light (`md-probes --help`, the spawn path on macOS and
+    # Windows); on Linux supervise() preloads the runtime on purpose, to fork from it.
     mods = _modules_after("import probes.cli")
     assert not {"probes.base", "probes.registry", "probes.http", "http.client"} & mods
