@@ -239,6 +239,8 @@ def supervise(cfg: Config, config_path: str | None, stop: threading.Event, *,
         start, forget = (lambda name: spawn(probe_command(name, config_path))), (lambda proc: None)
     log.info("supervising probes: %s", ", ".join(services) or "(none enabled)")
 
+    # Keepers log only while holding `lock`, which every fork holds too: a child forked while
+    # another thread was inside a write to stderr would inherit that stream's lock held.
     def keep(name: str) -> None:
         life = lives[name]
         while True:
@@ -248,17 +250,18 @@ def supervise(cfg: Config, config_path: str | None, stop: threading.Event, *,
                 life.started(time.monotonic())
                 try:
                     proc = procs[name] = start(name)
+                    log.info("probe %s started (pid %d)", name, proc.pid)
                 except OSError as exc:  # no memory, no pids left: try again after the backoff
                     proc, code = None, f"none: it did not start ({exc})"
             if proc is not None:
-                log.info("probe %s started (pid %d)", name, proc.pid)
                 code = proc.wait()
                 if stop.is_set():
                     return
                 with lock:
                     forget(proc)
             delay = life.exited(time.monotonic())
-            log.warning("probe %s exited with code %s; restart %d in %g s", name, code, life.restarts, delay)
+            with lock:
+                log.warning("probe %s exited with code %s; restart %d in %g s", name, code, life.restarts, delay)
             if stop.wait(delay):
                 return
 
