@@ -144,6 +144,7 @@ def step():
                 # Scroll to the bottom of the tab, where the closed Health Monitoring header is.
                 left, top, right, bottom = rect()
                 xdo("mousemove", left + 60, (top + bottom) // 2, "click", "--repeat", 60, 5)
+                S["drawn"], S["give_up"] = S["draws"], time.monotonic() + 8.0  # the wheel, like a click
                 S["phase"], S["k"] = "header", 0
                 return 0.6
         elif phase == "header":  # up the left margin from the bottom to the closed header
