@@ -367,6 +367,20 @@ class Engine:
             return svc.src_since + PROBE_DEAD_AFTER_BEATS * 1.0
         return beat[0] + PROBE_DEAD_AFTER_BEATS * beat[1]
 
+    def liveness_due(self) -> tuple[float, bool]:
+        """(the engine time after which a silent probe will count as dead, math.inf if none;
+        whether any service shows its probe dead now). Without new events tick() changes no
+        liveness before that time, so a loop can sleep until then (heartbeats only move it later)."""
+        first, dead = math.inf, False
+        for svc in self.services.values():
+            if not svc.src:
+                continue
+            if svc.dead:
+                dead = True
+            else:
+                first = min(first, self._dead_since(svc))
+        return first, dead
+
     def tick(self) -> set[str]:
         """Advance time: roll buckets, mark silent probes unknown, evaluate alerts."""
         now = self._time()

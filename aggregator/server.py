@@ -25,7 +25,7 @@ from bus.sockets import (Endpoints, close, drain, endpoint_in_use, new_context, 
                          sub_socket)
 
 from . import export as exporter
-from .engine import PROBE_DEAD_AFTER_BEATS, Engine
+from .engine import Engine
 from .settings import Settings, label
 from .store import Store, StoreUnavailable
 from .timeline import Timeline
@@ -316,32 +316,17 @@ class Aggregator:
         return changed
 
     def _schedule(self) -> None:
-        """Set _next_tick to the earliest probe-liveness deadline (in monotonic time), from the
-        engine's public data: a probe counts as dead once silent for more than
-        PROBE_DEAD_AFTER_BEATS of its intervals (engine._probe_dead). Heartbeats only move a
-        deadline later, so one computed here is never late for the probes it saw; a new probe or
-        service makes _after_events compute it again. Beyond it, the heartbeat ticks anyway."""
+        """Set _next_tick to the engine's next probe-liveness deadline (in monotonic time).
+        Heartbeats only move a deadline later, so one computed here is never late for the
+        probes it saw; a new probe or service makes _after_events compute it again. Beyond
+        it, the heartbeat ticks anyway."""
         engine = self.engine
-        probes = engine.probes
-        first = math.inf
-        dead = False
-        for svc in engine.services.values():
-            if not svc.src:
-                continue
-            if svc.dead:
-                dead = True
-                continue
-            beat = probes.get(svc.src)
-            at = (svc.src_since + PROBE_DEAD_AFTER_BEATS * 1.0 if beat is None
-                  else beat[0] + PROBE_DEAD_AFTER_BEATS * beat[1])
-            if at < first:
-                first = at
+        first, self._any_dead = engine.liveness_due()
         now = time.monotonic()
         # Engine time to monotonic; a millisecond past the deadline, since a probe silent for
         # exactly its deadline is not dead yet (and a tick that finds it alive must not spin).
         self._next_tick = now + max(first - engine.now(), 0.0) + 0.001 if first < math.inf else math.inf
-        self._any_dead = dead
-        self._scheduled_for = (len(engine.services), len(probes))
+        self._scheduled_for = (len(engine.services), len(engine.probes))
 
     def _after_events(self) -> None:
         """Events changed what the schedule was computed from: a new service or probe has a

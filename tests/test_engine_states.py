@@ -140,3 +140,24 @@ def test_degraded_by_a_queue_alert_and_stored_per_bucket():
     assert sum(r["degraded_s"] for r in rows) == pytest.approx(
         engine.record("x")["windows"]["5m"]["degraded_s"], abs=0.01)
     assert sum(r["degraded_s"] for r in rows) >= 9.0
+
+
+def test_liveness_due_is_when_a_silent_probe_turns_unknown():
+    """What the aggregator's loop sleeps until: it must be exactly the moment tick() marks
+    the probe dead, and say so while one is dead (a heartbeat may bring it back)."""
+    engine, clock = _engine()
+    assert engine.liveness_due() == (float("inf"), False)
+    beat(engine, interval=2.0)
+    status(engine, "x", "connected")
+    due, dead = engine.liveness_due()
+    assert (due, dead) == (clock.t + 3 * 2.0, False)
+    clock.t = due  # silent for exactly three intervals: not dead yet
+    engine.tick()
+    assert engine.record("x")["state"] == "connected"
+    clock.t = due + 0.001
+    engine.tick()
+    assert engine.record("x")["state"] == "unknown"
+    assert engine.liveness_due() == (float("inf"), True)
+    beat(engine, interval=2.0)
+    engine.tick()
+    assert engine.liveness_due() == (clock.t + 6.0, False)
