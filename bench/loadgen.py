@@ -48,7 +48,7 @@ def probes(events: str, services: int, rate: float, stop: threading.Event) -> No
             cycle += 1
             stop.wait(max(0.0, 1.0 / rate - (time.monotonic() - start)))
     finally:
-        close(sock, router)
+        close(sock)
         ctx.term()
 
 
