@@ -14,6 +14,7 @@ import time
 from bus.client import MonitorClient
 from bus.config import ConfigError, load
 from bus.lifeline import spawn, stop as stop_child, watch_stdin
+from bus.wake import StopEvent
 from bus.sockets import Endpoints, endpoint_in_use
 
 from .server import Aggregator, AlreadyRunning
@@ -41,7 +42,7 @@ def _print_json(value) -> int:
 
 
 def cmd_run(args) -> int:
-    stop = threading.Event()
+    stop = StopEvent()  # set() also wakes the loop's poll at once
     watch_stdin(stop)
     settings = from_config(load(args.config))
     try:

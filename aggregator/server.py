@@ -23,6 +23,7 @@ from bus.protocol import (MAX_EVENT_BYTES, SCHEMA_VERSION, SEPARATOR, Publisher,
                           encode)
 from bus.sockets import (Endpoints, close, drain, endpoint_in_use, new_context, pub_socket, router_socket,
                          sub_socket)
+from bus.wake import StopEvent
 
 from . import export as exporter
 from .engine import Engine
@@ -122,7 +123,7 @@ class Aggregator:
         self.settings = settings or (engine.settings if engine else Settings())
         self.timeline = Timeline(mono, wall)
         self.engine = engine or Engine(clock=self.timeline, settings=self.settings, max_step=OBSERVED_STEP)
-        self.stop = stop or threading.Event()
+        self.stop = stop or StopEvent()
         self.instance = uuid.uuid4().hex[:12]
         self.rejects = RejectCounter(every=self.settings.reject_log_interval)
         # What was refused for being over a cap (not malformed, just too much), by cap.
@@ -238,6 +239,8 @@ class Aggregator:
         poller = zmq.Poller()
         poller.register(events, zmq.POLLIN)
         poller.register(router, zmq.POLLIN)
+        if isinstance(self.stop, StopEvent):  # a stop wakes the poll, which may wait a second
+            poller.register(self.stop.wakeup.rx, zmq.POLLIN)
         next_beat = time.monotonic()
         next_flush = next_beat + self.settings.flush_interval
         next_summary = next_beat + self.settings.reject_log_interval

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +17,7 @@ import zmq
 
 from bus.protocol import Publisher, Rejection, decode
 from bus.sockets import Endpoints, close, drain, new_context, pub_socket, sub_socket
+from bus.wake import StopEvent, Wakeup
 
 from .http import ProbeError
 from .liveness import LivenessChannel, local_address
@@ -222,21 +222,6 @@ def probe_context() -> zmq.Context:
     return ctx
 
 
-def _nudge(tx: socket.socket) -> None:
-    try:
-        tx.send(b"\0")
-    except OSError:  # closed (the loop ended) or full (a wakeup is pending anyway)
-        pass
-
-
-def _nudge_drain(rx: socket.socket) -> None:
-    try:
-        while rx.recv(64):
-            pass
-    except OSError:  # BlockingIOError: drained
-        pass
-
-
 class ProbeRunner:
     """Runs one probe on the bus until `stop` is set.
 
@@ -249,7 +234,7 @@ class ProbeRunner:
         self.probe = probe
         self.endpoints = endpoints
         self.required = required
-        self.stop = stop or threading.Event()
+        self.stop = stop or StopEvent()
         self.machine = StateMachine(failures_to_down)
         self.src = f"probe.{probe.service}"
         self.clock = clock
@@ -278,22 +263,22 @@ class ProbeRunner:
         if address is not None:
             self.liveness = LivenessChannel(address, poller, self.clock)
         worker = ThreadPoolExecutor(1, thread_name_prefix=f"check-{self.probe.service}")
-        # A finished check wakes the poll through this pair (the worker writes a byte), so the
-        # loop neither polls for it nor sees it late.
-        done_rx, done_tx = socket.socketpair()
-        done_rx.setblocking(False)
-        done_tx.setblocking(False)
-        poller.register(done_rx, zmq.POLLIN)
+        # A finished check wakes the poll (the worker writes a byte), so the loop neither
+        # polls for it nor sees it late; so does a stop, if `stop` is a StopEvent.
+        done = Wakeup()
+        poller.register(done.rx, zmq.POLLIN)
+        if isinstance(self.stop, StopEvent):
+            poller.register(self.stop.wakeup.rx, zmq.POLLIN)
 
         def submit(fn: Callable[[], CheckResult]) -> Future:
             future = worker.submit(fn)
-            future.add_done_callback(lambda _: _nudge(done_tx))
+            future.add_done_callback(lambda _: done.wake())
             return future
 
         def wait(seconds: float) -> tuple[bool, bool]:
             ready = dict(poller.poll(math.ceil(seconds * 1000)))  # ceil: a float is truncated to 0 ms
-            if done_rx.fileno() in ready:
-                _nudge_drain(done_rx)
+            if done.rx.fileno() in ready:
+                done.clear()
             if pub in ready and any(f[:1] == b"\x01" for f in drain(pub, 100, 0.01)):
                 # An aggregator subscribed: what was published before it connected is lost, and
                 # the next check may be 30 s away (60 s for the llm probe), so say it again now.
@@ -311,8 +296,7 @@ class ProbeRunner:
             self.loop(wait, submit)
         finally:
             worker.shutdown(wait=False, cancel_futures=True)
-            done_rx.close()
-            done_tx.close()
+            done.close()
             self.probe.close_watch()
             if self.liveness is not None:
                 self.liveness.close()

@@ -5,10 +5,10 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 
 from bus.config import ConfigError, _http_url, load
 from bus.lifeline import watch_stdin
+from bus.wake import StopEvent
 
 # The probe loop (zmq, http.client) and a probe's module are imported only by the command
 # that runs them. `run-all` on Linux imports them once to fork its children from
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"md-probes: {exc}", file=sys.stderr)
         return 2
 
-    stop = threading.Event()
+    stop = StopEvent()  # set() also wakes the probe's poll at once
     watch_stdin(stop)
     # SIGTERM (a service manager, `kill`) stops as cleanly as Ctrl+C or the lifeline.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
