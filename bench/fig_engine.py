@@ -270,7 +270,8 @@ def measure_snapshot(mode: Mode) -> Figure:
     fig.met = max(per_cycle.values()) < 50 and flat < 2.0
     fig.verdict = (", ".join(f"{per_cycle[n]:.1f} (median {per_record[n]:.1f}, max {worst_publish[n]:.1f}) µs @ {n}"
                              for n in sorted(per_record)) +
-                   f" per service, mean over a {cycle} s cycle; late-joiner reply with 5 m history " +
+                   f" per service, mean over a {cycle} s cycle; flatness (largest ÷ smallest median"
+                   f" per service from 10 services up) {flat:.2f}, target < 2; late-joiner reply with 5 m history " +
                    f"{min(per_state.values()):.0f}–{max(per_state.values()):.0f} µs per service")
     return fig
 
