@@ -42,6 +42,10 @@ log = logging.getLogger("probes.comfyui")
 
 HISTORY_ITEMS = 5  # finished jobs read at a time
 HISTORY_EVERY = 30.0  # seconds; the jobs are also read whenever the queue shrinks
+# While the WebSocket is held, ComfyUI announces every queue change on it (PromptServer.
+# queue_updated broadcasts "status" from PromptQueue.put, get and task_done), so /queue is
+# read again only after such news, or this often as a safety net; without it, every check.
+QUEUE_EVERY = 30.0
 MAX_DEVICES = 16
 MAX_TEXT = 200  # characters of a name or error message a status carries
 _pair_ids = itertools.count()
@@ -202,6 +206,9 @@ class ComfyUIProbe(Probe):
         self.ws_connected = False
         self.ws_queue_remaining: int | None = None
         self._last_depth: int | None = None
+        self._queue: dict | None = None  # the last /queue answer
+        self._queue_at = 0.0
+        self._queue_news = True  # the WebSocket said something since that answer (or nothing held)
         self._history_at = 0.0
         self._job: dict | None = None  # the latest finished job with times
         self._failed: int | None = None  # failed among the last HISTORY_ITEMS finished
@@ -234,6 +241,7 @@ class ComfyUIProbe(Probe):
             except ValueError:
                 continue
             event = msg.get("event")
+            self._queue_news = True  # open, closed, status, execution: the queue may differ
             if event == "open":
                 self.ws_connected = True
                 check_now = True  # back up: confirm recovery at once instead of after the backoff
@@ -267,14 +275,10 @@ class ComfyUIProbe(Probe):
             if not isinstance(system, dict) or not isinstance(data.get("devices"), list):
                 raise ProbeError("wrong_service", f"{self.url} answered /system_stats, but not as ComfyUI does "
                                  "(no system/devices); is another app on this port?")
-            queue = self.timed_get(result, "/queue")
-            if queue.status != 200:
-                raise ProbeError("http_status", f"{self.url}/queue answered HTTP {queue.status}", queue.status)
-            q = queue.json()
-            if not isinstance(q, dict):
-                raise ProbeError("wrong_service", f"{self.url}/queue is not a ComfyUI queue")
+            q = self._read_queue(result)
         except ProbeError as exc:
             self._last_depth = None
+            self._queue = None
             self._jobs_api = None  # what comes back may be another build
             return self.fail(exc, result)
 
@@ -314,6 +318,22 @@ class ComfyUIProbe(Probe):
             "resources": self.usage(vram_used),
         }
         return result
+
+    def _read_queue(self, result: CheckResult) -> dict:
+        now = time.monotonic()
+        if self.ws_connected and not self._queue_news and self._queue is not None \
+                and now - self._queue_at < QUEUE_EVERY:
+            return self._queue
+        # Cleared before the request: news arriving while it runs marks the answer stale again.
+        self._queue_news = False
+        queue = self.timed_get(result, "/queue")
+        if queue.status != 200:
+            raise ProbeError("http_status", f"{self.url}/queue answered HTTP {queue.status}", queue.status)
+        q = queue.json()
+        if not isinstance(q, dict):
+            raise ProbeError("wrong_service", f"{self.url}/queue is not a ComfyUI queue")
+        self._queue, self._queue_at = q, now
+        return q
 
     def _read_history(self, result: CheckResult, depth: int) -> None:
         """Finished jobs, read when one may have finished (the queue shrank) or now and

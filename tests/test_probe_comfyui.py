@@ -223,3 +223,18 @@ def test_the_held_websocket_sleeps_until_comfyui_speaks(endpoints, tap):
         tap.wait(lambda t: t.last_status()["details"]["queue_depth"] == 3, timeout=10)
     watcher.join(timeout=10)
     assert not watcher.is_alive()
+
+
+def test_with_the_websocket_held_queue_is_read_only_after_news(endpoints, tap):
+    """ComfyUI announces every queue change on /ws, so a held socket spares a /queue request
+    per check (figure 15: 60 requests a minute against the peer's 30); news reads it again."""
+    with FakeComfyUI() as fake, RunnerThread(ComfyUIProbe("comfyui", settings(fake.url, interval=0.2)), endpoints):
+        tap.wait(lambda t: (t.last_status() or {}).get("details", {}).get("websocket"), timeout=20)
+        checks0, queue0 = fake.hits.get("/system_stats", 0), fake.hits.get("/queue", 0)
+        tap.wait(lambda t: fake.hits.get("/system_stats", 0) >= checks0 + 10, timeout=30)
+        checks, queued = fake.hits["/system_stats"] - checks0, fake.hits.get("/queue", 0) - queue0
+        print(f"{checks} checks, {queued} /queue reads")
+        assert queued <= 1  # the first check after the socket opened may still read it
+        fake.set_queue(1, 2)  # pushed as "status" on the socket
+        tap.wait(lambda t: t.last_status()["details"]["queue_waiting"] == 2, timeout=10)
+        assert tap.last_status()["details"]["queue_running"] == 1
