@@ -14,19 +14,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from concurrent.futures import Future
 
 import pytest
 import zmq
 
-from bus.sockets import close, new_context, pub_socket
 from probes.base import CONFIRM_DELAY, MAX_BACKOFF, CheckResult, Probe, ProbeRunner
 from probes.http import ProbeError
 from probes.liveness import (ACCEPTED, FIRST_REST, KNOCK_EVERY, MIN_HOLD, REFUSED, Liveness, LivenessChannel,
                              local_address)
 from tests.conftest import ROOT, wait_for
 from tests.fakes.base import free_port
-from tests.test_probe_runner import FakeClock, Recording
+from tests.test_probe_runner import FakeClock, run_loop
 
 
 # -- the state machine, on a fake clock -------------------------------------------------
@@ -237,9 +235,6 @@ def test_the_loop_sees_death_and_return_at_once_whatever_the_backoff(endpoints):
     r = ProbeRunner(Backend("svc", {"url": "http://127.0.0.1:9", "interval": 2.0, "timeout": 2.0}),
                     endpoints, clock=clock)
     r.liveness = channel = ScriptedChannel(clock, port_open)
-    ctx = new_context()
-    sock = pub_socket(ctx, endpoints.events)
-    r.publisher = Recording(sock, r.src, clock)
     shown: list[tuple[float, str]] = []
     knocks_while_up = []
 
@@ -257,16 +252,7 @@ def test_the_loop_sees_death_and_return_at_once_whatever_the_backoff(endpoints):
             r.stop.set()
         return channel.handle(), False
 
-    def submit(fn):
-        f = Future()
-        f.set_result(fn())
-        return f
-
-    try:
-        r.loop(wait, submit)
-    finally:
-        close(sock)
-        ctx.term()
+    run_loop(r, endpoints, clock, wait)
     down_at = next(t for t, s in shown if s == "disconnected" and t >= died)
     up_at = next(t for t, s in shown if s == "connected" and t >= back)
     assert [s for t, s in shown if died <= t < down_at] in ([], ["connecting"])  # the damping is kept

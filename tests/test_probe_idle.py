@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
-from concurrent.futures import Future
 from pathlib import Path
 
 import psutil
 import pytest
 
-from bus.sockets import close, new_context, pub_socket
 from probes.base import HEARTBEAT_INTERVAL, CheckResult, Probe, ProbeRunner
 from tests.conftest import wait_for
-from tests.test_probe_runner import FakeClock, Recording
+from tests.test_probe_runner import FakeClock, run_loop
 from tests.fakes.base import free_port
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, PSS and fork are Linux's")
@@ -122,9 +120,6 @@ def test_an_idle_probe_wakes_once_a_second(endpoints):
 
     r = ProbeRunner(Healthy("svc", {"url": "http://127.0.0.1:9", "interval": 2.0, "timeout": 2.0}),
                     endpoints, clock=clock)
-    ctx = new_context()
-    sock = pub_socket(ctx, endpoints.events)  # nothing listens: sends are dropped, never block
-    r.publisher = Recording(sock, r.src, clock)
     wakes: set[float] = set()
     t0 = clock()
 
@@ -136,16 +131,7 @@ def test_an_idle_probe_wakes_once_a_second(endpoints):
             r.stop.set()
         return False, False
 
-    def submit(fn):  # the check finishes at once (its end wakes the real loop: no poll for it)
-        f = Future()
-        f.set_result(fn())
-        return f
-
-    try:
-        r.loop(wait, submit)
-    finally:
-        close(sock)
-        ctx.term()
+    run_loop(r, endpoints, clock, wait)  # the check finishes at once (its end wakes the real loop)
     beats = [t for t, topic, _ in r.publisher.sent if topic.startswith("heartbeat.") and t - t0 > 60]
     assert max(b - a for a, b in zip(beats, beats[1:])) <= HEARTBEAT_INTERVAL + 1e-6
     assert r.machine.state == "connected"

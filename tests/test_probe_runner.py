@@ -123,6 +123,26 @@ class Recording(Publisher):
         return super().send(topic, body)
 
 
+def run_loop(r: ProbeRunner, endpoints, clock, wait) -> None:
+    """Run the real ProbeRunner.loop on `clock` until `wait` sets r.stop: a real publisher
+    (nothing listens, so sends are dropped by ZeroMQ, never block) that records what it sent
+    as r.publisher.sent, and checks that complete at once."""
+    ctx = new_context()
+    sock = pub_socket(ctx, endpoints.events)
+    r.publisher = Recording(sock, r.src, clock)
+
+    def submit(fn):
+        f = Future()
+        f.set_result(fn())
+        return f
+
+    try:
+        r.loop(wait, submit)
+    finally:
+        close(sock)
+        ctx.term()
+
+
 def test_a_week_of_outage_on_a_fake_clock(endpoints, measured):
     """The real loop (ProbeRunner.loop) on a fake monotonic clock: the backend refuses every
     check for 7 days, then comes back. The probe stays alive, beats every second, checks at
@@ -143,9 +163,6 @@ def test_a_week_of_outage_on_a_fake_clock(endpoints, measured):
 
     r = ProbeRunner(Backend("svc", {"url": "http://127.0.0.1:9", "interval": 2.0, "timeout": 2.0}),
                     endpoints, clock=clock)
-    ctx = new_context()
-    sock = pub_socket(ctx, endpoints.events)  # nothing listens: sends are dropped by ZeroMQ, never block
-    r.publisher = Recording(sock, r.src, clock)
     up_at: list[float] = []
 
     def wait(seconds):
@@ -157,16 +174,7 @@ def test_a_week_of_outage_on_a_fake_clock(endpoints, measured):
             r.stop.set()
         return False, False
 
-    def submit(fn):  # the check completes at once: a refused connection returns immediately
-        f = Future()
-        f.set_result(fn())
-        return f
-
-    try:
-        r.loop(wait, submit)  # raises nothing for the whole week
-    finally:
-        close(sock)
-        ctx.term()
+    run_loop(r, endpoints, clock, wait)  # raises nothing for the whole week
 
     beats = [t for t, topic, _ in r.publisher.sent if topic.startswith("heartbeat.")]
     beat_gap = max(b - a for a, b in zip(beats, beats[1:]))
