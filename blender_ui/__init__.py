@@ -18,11 +18,11 @@ if "props" in locals():  # F3 "Reload Scripts": reload the submodules too, leave
     # charts.py (numpy) is imported by pictures.py only, so the add-on loads without numpy.
     _charts = [pictures.charts] if pictures.charts else []  # noqa: F821
     for _mod in (deps, view, glyphs, *_charts, thresholds, monitor, state, instrument, pictures,  # noqa: F821
-                 connection, exports, runtime, props, prefs, operators, panels, statusbar, keymap,  # noqa: F821
-                 lifecycle):  # noqa: F821
+                 history_window, connection, exports, runtime, props, prefs, operators, panels,  # noqa: F821
+                 statusbar, keymap, lifecycle):  # noqa: F821
         importlib.reload(_mod)
 
-from . import (connection, deps, exports, glyphs, instrument, keymap, lifecycle, monitor,  # noqa: E402
+from . import (connection, deps, exports, glyphs, history_window, instrument, keymap, lifecycle, monitor,  # noqa: E402
                operators, panels, pictures, prefs, props, runtime, state, statusbar, thresholds, view)
 
 # Registered in this order, unregistered in reverse (as Node Wrangler does).

@@ -100,10 +100,18 @@ class Canvas:
 
     def spans(self, x0: int, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray, c) -> None:
         """Fill, for each column x0+i where valid[i], the rows lo[i]..hi[i] (inclusive)."""
-        rows = np.arange(self.h)[:, None]
-        mask = (rows >= lo[None, :]) & (rows <= hi[None, :]) & valid[None, :]
-        region = self.a[:, x0:x0 + len(lo)]
-        region[mask] = c
+        # Only the pixels drawn are touched (a line is a few rows per column), so a big
+        # picture costs what its lines cost, not width x height per line.
+        xs = np.arange(len(lo))[valid] + x0
+        lo = np.clip(lo[valid], 0, self.h - 1)
+        hi = np.clip(hi[valid], 0, self.h - 1)
+        keep = (xs >= 0) & (xs < self.w) & (hi >= lo)
+        xs, lo, hi = xs[keep], lo[keep], hi[keep]
+        if not len(xs):
+            return
+        n = hi - lo + 1
+        starts = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n)
+        self.a[starts + np.arange(int(n.sum())), np.repeat(xs, n)] = c
 
     def text(self, x: int, y: int, s: str, c, size: int) -> int:
         """Draw `s` with its top-left at (x, y); returns the x after it."""
@@ -173,6 +181,25 @@ def enough(times: Sequence, values: Sequence, span: tuple[float, float]) -> int:
     """How many points of `values` fall inside the span (a chart needs two)."""
     t0, t1 = span
     return sum(1 for t, v in zip(times, values) if _finite(t) and _finite(v) and t0 <= t <= t1)
+
+
+def _held(vals: np.ndarray) -> np.ndarray:
+    """Each point's value carried over the empty columns up to the next point (as `_line`
+    joins them), except across a gap much longer than the usual spacing: a strip that
+    shows a bucket's result for the whole bucket, not one pixel of it."""
+    n = len(vals)
+    valid = ~np.isnan(vals)
+    if valid.sum() < 2:
+        return vals
+    idx = np.arange(n)
+    have = idx[valid]
+    max_gap = max(2.0, 2.5 * float(np.median(np.diff(have))))
+    prev_i = np.maximum.accumulate(np.where(valid, idx, -1))
+    next_i = np.minimum.accumulate(np.where(valid, idx, n)[::-1])[::-1]
+    inside = ~valid & (prev_i >= 0) & (next_i < n) & ((next_i - prev_i) <= max_gap)
+    out = vals.copy()
+    out[inside] = vals[prev_i[inside]]
+    return out
 
 
 def _line(cv: Canvas, x0: int, y_of, vals: np.ndarray, c, width: int) -> None:
@@ -357,3 +384,156 @@ def state_icon(kind: str, colour, size: int = 32) -> np.ndarray:
     a[..., :3] = np.asarray(colour[:3], dtype=np.float32) * (1 - ink[..., None]) + 0.08 * ink[..., None]
     a[..., 3] = disc
     return np.ascontiguousarray(a[::-1]).ravel()
+
+
+# -- the Metrics History window ------------------------------------------------------------------------
+# One colour per service, told apart also by colour-blind eyes (after Okabe and Ito), softened
+# for a dark background. None of them is the failure red: red means "failed" only.
+SERIES = ((0.45, 0.72, 0.95, 1.0),   # sky blue
+          (0.93, 0.66, 0.25, 1.0),   # orange
+          (0.80, 0.55, 0.72, 1.0),   # reddish purple
+          (0.30, 0.70, 0.58, 1.0),   # bluish green
+          (0.92, 0.86, 0.45, 1.0),   # yellow
+          (0.55, 0.60, 0.95, 1.0),   # blue
+          (0.75, 0.75, 0.75, 1.0))   # grey
+TITLE = (0.90, 0.90, 0.90, 1.0)
+TICKS = {300: 60, 3600: 600, 86400: 3 * 3600}  # seconds between the time axis' clock labels
+
+
+def series_colour(i: int):
+    return SERIES[i % len(SERIES)]
+
+
+def _mix(c, other, k: float):
+    return tuple(a * (1 - k) + b * k for a, b in zip(c[:3], other[:3])) + (1.0,)
+
+
+def _span_words(seconds: float) -> str:
+    return f"last {seconds / 3600:g} h" if seconds >= 3600 else f"last {seconds / 60:g} min"
+
+
+def history_chart(rows: Sequence[tuple[str, Sequence, Sequence, Sequence, Sequence]], span: tuple[float, float],
+                  width: int, height: int, scale: float = 1.0, limit: float | None = None,
+                  clock=None, message: str = "") -> np.ndarray:
+    """Every service over the span on one shared time axis and one millisecond scale, for
+    the Metrics History window: each service's p95 (thick) and p50 (thin) line in its own
+    colour, a legend naming each colour (with its latest p95), the slow threshold dashed,
+    under the plot one lane per service that is red where its checks failed, then clock
+    times and the span. rows: (name, times, p50, p95, success rate). With no service
+    having two points in the span, it says so in words instead; so does `message` (its
+    first line large, the others under it).
+    `clock(t)` writes a wall time as a label (HH:MM by default)."""
+    import time as _time
+
+    clock = clock or (lambda t: _time.strftime("%H:%M", _time.localtime(t)))
+    fs = font_size(scale)
+    th = text_height(fs)
+    big = 22
+    bh = text_height(big)
+    u = max(1, round(scale))
+    pad = 14 * u
+    cv = Canvas(width, height)
+    seconds = span[1] - span[0]
+    cv.text(pad, pad, f"Response time of every service, {_span_words(seconds)}", TITLE, big)
+    counted = [(name, enough(t, p95, span)) for name, t, _p50, p95, _ok in rows]
+    drawn = [r for r, (_, n) in zip(rows, counted) if n >= 2]
+    if message or not drawn:
+        lines = message.split("\n") if message else [
+            "Not enough data yet",
+            f"A service is drawn once it has 2 checks in the {_span_words(seconds)}.",
+            "The chart appears here by itself."]
+        y = height // 2 - (bh + 2 * th) // 2
+        for k, line in enumerate(lines):
+            size = big if k == 0 else fs
+            cv.text((width - text_width(line, size)) // 2, y, line, TITLE if k == 0 else AXIS_TEXT, size)
+            y += text_height(size) + 6 * u
+        return cv.pixels()
+
+    # Legend: a swatch and the name in words for each service (its latest p95 after it),
+    # wrapped onto more lines when the window is narrow; then what the line styles mean.
+    y = pad + bh + 8 * u
+    x = pad
+    colours = {name: series_colour(i) for i, (name, *_rest) in enumerate(rows)}
+    for (name, t, _p50, p95, _ok), (_, n) in zip(rows, counted):
+        last = next((v for v in reversed(list(p95)) if _finite(v)), None)
+        words = (f"{name}  {ms_label(last)}" if n >= 2 and last is not None
+                 else f"{name}  (collecting data)" if n else f"{name}  (no data)")
+        item_w = 16 * u + text_width(words, fs) + 18 * u
+        if x + item_w > width - pad and x > pad:
+            x, y = pad, y + th + 4 * u
+        cv.rect(x, y + th // 2 - 3 * u, x + 12 * u, y + th // 2 + 3 * u, colours[name])
+        x = cv.text(x + 16 * u, y, words, TITLE, fs) + 18 * u
+    y += th + 4 * u
+    vmax = max([v for _n, _t, p50, p95, _ok in drawn for v in list(p95) + list(p50) if _finite(v)] or [1.0])
+    if _finite(limit) and limit < vmax * 1.6:
+        vmax = max(vmax, limit)  # show the threshold when the data come near it
+    top, step = nice_top(vmax * 1.05)
+    show_limit = _finite(limit) and limit <= top
+    key = "Thick line: p95, thin line: p50 response time" + (", dashed: slow threshold" if show_limit else "")
+    cv.text(pad, y, key, AXIS_TEXT, fs)
+    y_top = y + th + 10 * u
+
+    lane_h, lane_gap = th - 2 * u, 4 * u  # a lane is as tall as its name
+    lanes_h = len(rows) * (lane_h + lane_gap)
+    y_axis = height - pad - th               # clock labels' top
+    y_lanes = y_axis - 6 * u - lanes_h       # first failure lane's top
+    y_bottom = y_lanes - th - 10 * u         # the plot's zero line ("Failed checks" above the lanes)
+    if y_bottom - y_top < 40 * u:            # a tiny window: the plot keeps a readable height
+        y_bottom = y_top + 40 * u
+
+    label_w = max([text_width(ms_label(k * step), fs) for k in range(int(round(top / step)) + 1)]
+                  + [text_width(name, fs) for name, *_rest in rows])
+    x0, x1 = pad + label_w + 8 * u, width - pad
+    w = max(1, x1 - x0)
+    cv.rect(x0, y_top, x1, y_bottom + 1, PLOT)
+
+    def y_of(v):
+        return y_bottom - np.clip(v / top, 0, 1.0) * (y_bottom - y_top)
+
+    # Clock times on the shared axis, with faint vertical grid lines through the plot.
+    every = TICKS.get(int(seconds), max(1, int(seconds // 5)))
+    tick = math.ceil(span[0] / every) * every
+    last_right = x0 + text_width(span_label(seconds), fs)  # never over "5 min ago"
+    while tick <= span[1]:
+        x = x0 + int((tick - span[0]) / seconds * w)
+        cv.rect(x, y_top, x + 1, y_bottom, GRID)
+        lab = clock(tick)
+        lx = x - text_width(lab, fs) // 2
+        if lx > last_right + 8 * u and lx + text_width(lab, fs) < x1 - text_width("now", fs) - 8 * u:
+            cv.text(lx, y_axis, lab, AXIS_TEXT, fs)
+            last_right = lx + text_width(lab, fs)
+        tick += every
+    k = 0
+    while k * step <= top + 1e-9:
+        yy = int(round(float(y_of(np.array(k * step)))))
+        cv.hline(yy, x0, x1, GRID)
+        lab = ms_label(k * step)
+        cv.text(x0 - 6 * u - text_width(lab, fs), yy - th // 2, lab, AXIS_TEXT, fs)
+        k += 1
+    if show_limit:
+        yy = int(round(float(y_of(np.array(limit)))))
+        cv.hline(yy, x0, x1, LIMIT, dash=5 * u)
+        lab = f"slow {ms_label(limit)}"
+        cv.text(x1 - 4 * u - text_width(lab, fs), yy - th - 1 * u, lab, LIMIT, fs)
+    for name, t, p50, _p95, _ok in drawn:
+        _line(cv, x0, y_of, columns(t, p50, span, w), _mix(colours[name], PLOT, 0.35), u)
+    for name, t, _p50, p95, _ok in drawn:
+        _line(cv, x0, y_of, columns(t, p95, span, w), colours[name], 2 * u)
+
+    # Failed checks, one lane per service on the same time axis: red where a check failed,
+    # the service's colour dimmed where all succeeded, dark where there is no data.
+    cv.text(x0, y_lanes - th - 3 * u, "Failed checks (red) on the same time axis", AXIS_TEXT, fs)
+    for i, (name, t, _p50, _p95, ok) in enumerate(rows):
+        ly = y_lanes + i * (lane_h + lane_gap)
+        cv.text(x0 - 6 * u - text_width(name, fs), ly + lane_h // 2 - th // 2, name, AXIS_TEXT, fs)
+        cv.rect(x0, ly, x1, ly + lane_h, NO_DATA)
+        rates = _held(columns(t, ok, span, w, reduce=min))
+        good = ~np.isnan(rates) & (np.nan_to_num(rates, nan=0) >= 0.999)
+        bad = ~np.isnan(rates) & ~good
+        lane = cv.a[ly:ly + lane_h, x0:x1]
+        lane[:, good] = _mix(colours[name], PLOT, 0.7)
+        for x in np.nonzero(bad)[0]:  # at least 3 px wide: one failed check is easy to miss
+            cv.rect(x0 + x - u, ly, x0 + x + u + 1, ly + lane_h, FAIL)
+    cv.text(x0, y_axis, span_label(seconds), AXIS_TEXT, fs)
+    cv.text(x1 - text_width("now", fs), y_axis, "now", AXIS_TEXT, fs)
+    return cv.pixels()

@@ -5,7 +5,7 @@ import logging
 
 import bpy
 
-from . import connection, deps, instrument, monitor, pictures, runtime
+from . import connection, deps, history_window, instrument, monitor, pictures, runtime
 from .state import RT, STATE, prefs
 
 log = logging.getLogger(__package__)
@@ -25,6 +25,7 @@ def register() -> None:
         bpy.app.handlers.load_post.append(runtime.force_sync)
     runtime.force_sync()  # values left on the window manager by an earlier registration are stale
     runtime.start_timer()
+    history_window.add_handlers()
     p = prefs()
     if p is not None and p.auto_start and not deps.MISSING:
         ok, note = monitor.start_local()
@@ -47,6 +48,8 @@ def unregister() -> None:
     instrument.flush()
     atexit.unregister(_on_exit)
     connection.disconnect()
+    history_window.remove_handlers()
+    history_window.close(bpy.context.window_manager)
     pictures.close_previews()
     RT.written.clear()
     RT.samples.clear()

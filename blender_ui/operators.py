@@ -7,7 +7,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 from bpy.types import Operator
 
-from . import connection, exports, monitor, view
+from . import connection, exports, history_window, monitor, view
 from .props import RANGE_ITEMS
 from .state import RT, STATE
 
@@ -247,6 +247,23 @@ class MOVIE_DIRECTOR_OT_export_metrics(Operator):
         return {"FINISHED"}
 
 
+class MOVIE_DIRECTOR_OT_open_history_window(Operator):
+    """Open the Metrics History in a window of its own: every service on one large chart over the chosen range"""
+    bl_idname = "movie_director.open_history_window"
+    bl_label = "Open Metrics History Window"
+
+    @classmethod
+    def poll(cls, context):
+        return context.window is not None and not bpy.app.background
+
+    def execute(self, context):
+        problem = history_window.open_window(context)
+        if problem:
+            self.report({"WARNING"}, problem)
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
 classes = (
     MOVIE_DIRECTOR_OT_refresh,
     MOVIE_DIRECTOR_OT_start_monitor,
@@ -258,6 +275,7 @@ classes = (
     MOVIE_DIRECTOR_OT_toggle_details,
     MOVIE_DIRECTOR_OT_indicator,
     MOVIE_DIRECTOR_OT_export_metrics,
+    MOVIE_DIRECTOR_OT_open_history_window,
 )
 
 # Registers in order and unregisters in reverse, as Blender's own modules do.

@@ -505,6 +505,7 @@ class MetricsHistory:
         side = pictures.side(context.region.width, _scale(context), big=True)
         key = pictures.chart_key("history", "all", rng, side)
         _picture(layout, context, key, side, "Collecting data: no service has 2 points yet")
+        layout.operator("movie_director.open_history_window", icon=_i("WINDOW"))
         col = layout.column(align=True)
         _wrapped(col, f"p95 response time of each service over {rng}, each on its own scale. "
                       "Red marks: failed checks. Dashed: the slow threshold.", _chars(context, 1))

@@ -15,7 +15,7 @@ from collections import deque
 import bpy
 from bpy.app.handlers import persistent
 
-from . import pictures, view
+from . import history_window, pictures, view
 from .state import RT, STATE
 
 log = logging.getLogger(__package__)
@@ -36,6 +36,10 @@ def tick() -> float:
         wm = bpy.context.window_manager
         if wm is not None and RT.client is not None:
             run_tick(RT.client, wm)
+            if history_window.is_open() and history_window.resized(wm):
+                history_window.update(wm)  # a resize is re-rendered at once, not a second later
+            elif history_window.SHOWN.reopen:
+                history_window.reopen(bpy.context)
             now = time.monotonic()
             if now >= RT.next_second:
                 RT.next_second = now + 1.0
@@ -68,6 +72,7 @@ def run_tick(client, wm) -> bool:
         sync(getattr(wm, STATE), client)
         if panels_visible(wm):  # nobody looks: no pictures to render
             pictures.update(wm)
+        history_window.update(wm)  # only while its window is open
         tag_redraw(wm)
     return changed
 
@@ -169,7 +174,7 @@ def panels_visible(wm) -> bool:
     snapshot with history is the one large message the add-on decodes.) Without windows
     (scripts, tests) the answer is yes, so what a script asks for is there."""
     windows = list(wm.windows)
-    if not windows:
+    if not windows or history_window.is_open():
         return True
     for window in windows:
         for area in window.screen.areas:
@@ -206,6 +211,7 @@ def housekeeping(wm) -> None:
     changed |= RT.discovery.poll()  # Find Backends' child: collected once it has exited
     if panels_visible(wm):
         changed |= pictures.update(wm)
+    history_window.update(wm)  # the time axis moves; the artist may have closed the window
     if changed or (client.online and client.services):
         tag_redraw(wm)  # the "last check N s ago" texts move on every second
 

@@ -70,7 +70,7 @@ DRIVER = textwrap.dedent(r'''
         prefs.events, prefs.snapshots, prefs.requests = (os.environ["MD_HEALTH_EVENTS"],
             os.environ["MD_HEALTH_SNAPSHOTS"], os.environ["MD_HEALTH_REQUESTS"])
         prefs.monitor_python = os.environ["MD_TEST_PYTHON"]
-        from blender_ui import pictures, runtime
+        from blender_ui import history_window, pictures, runtime
         state = bpy.context.window_manager.movie_director_health
     except Exception:
         import traceback
@@ -187,7 +187,7 @@ DRIVER = textwrap.dedent(r'''
         a = S["big"] = area("VIEW_3D")  # the big one; it becomes a Properties editor for the wide shot
         a.spaces.active.show_region_ui = True
         bpy.types.SpaceView3D.draw_handler_add(sidebar_drawn, (), "UI", "POST_PIXEL")
-        note(step="layout", dirty=bpy.data.is_dirty)
+        note(step="layout", dirty=bpy.data.is_dirty, images=[i.name for i in bpy.data.images])
         return None
 
     def shot(name, step="screenshot"):
@@ -225,6 +225,55 @@ DRIVER = textwrap.dedent(r'''
         lines = rows[-1].get("rows", []) if rows else []
         note(step="offline-widths", region=sidebar().width, scale=scale,
              lines=[[text, blf.dimensions(0, text)[0]] for text in lines])
+
+    def history_open():
+        """Open the Metrics History window with the panel's button operator, then make it
+        big (an X server without a window manager takes xdotool's size as is)."""
+        w = bpy.context.window_manager.windows[0]
+        with bpy.context.temp_override(window=w, screen=w.screen, area=S["big"], region=sidebar()):
+            ops = list(bpy.ops.movie_director.open_history_window())
+        win = history_window._find(bpy.context.window_manager)
+        S["history"] = win[0] if win else None
+        note(step="history-op", ops=ops, windows=len(bpy.context.window_manager.windows), dirty=bpy.data.is_dirty,
+             size=list(history_window.SHOWN.size))
+        subprocess.run(["xdotool", "search", "--name", "Blender Preferences", "windowmove", "40", "40",
+                        "windowsize", "1280", "800"], timeout=20)
+
+    def history_big():
+        found = history_window._find(bpy.context.window_manager)
+        return found is not None and history_window.SHOWN.size == (found[1].width, found[1].height) \
+            and found[1].width >= 1000 and history_window.SHOWN.signature[-1]
+
+    def history_shot():
+        win = S["history"]
+        path = os.path.join(OUT, "blender-metrics-history-window.png")
+        with bpy.context.temp_override(window=win, screen=win.screen, area=win.screen.areas[0]):
+            bpy.ops.screen.screenshot(filepath=path)
+        shown = {"size": list(history_window.SHOWN.size), "render_ms": history_window.SHOWN.render_ms,
+                 "rows": [r[0] for r in history_window.SHOWN.signature[-1]],
+                 "screens": [s.name for s in bpy.data.screens]}
+        # What a save writes: no window, screen, workspace or image of the add-on's.
+        copy = os.path.join(OUT, "saved-with-window.blend")
+        bpy.ops.wm.save_as_mainfile(filepath=copy, copy=True)
+        with bpy.data.libraries.load(copy) as (data_from, _data_to):
+            saved = {"screens": list(data_from.screens), "workspaces": list(data_from.workspaces),
+                     "images": list(data_from.images)}
+        note(step="history-shot", file="blender-metrics-history-window.png", dirty=bpy.data.is_dirty, saved=saved,
+             images=[i.name for i in bpy.data.images], **shown)
+
+    def history_reopened():
+        """The save closed the window (Blender writes every open window into a file); the
+        next tick opened it again."""
+        found = history_window._find(bpy.context.window_manager)
+        if found is None or history_window.SHOWN.reopen:
+            return False
+        S["history"] = found[0]
+        return True
+
+    def history_close():
+        win = S["history"]
+        with bpy.context.temp_override(window=win):
+            bpy.ops.wm.window_close()
 
     def svc(name):
         item = state.services.get(name)
@@ -269,6 +318,15 @@ DRIVER = textwrap.dedent(r'''
          lambda: shot("blender-dashboard-later-1.png", step="dash-retry")),
         ("dash-later-2", lambda: time.time() > T["since"] + 6.0,
          lambda: shot("blender-dashboard-later-2.png", step="dash-retry")),
+        # The Metrics History window: one big chart; resized, it is rendered again at its size.
+        ("history-open", lambda: True, history_open),
+        ("history-big", history_big, lambda: None),
+        ("history-drawn", lambda: time.time() > T["since"] + 1.5, history_shot),
+        ("history-reopened", history_reopened, lambda: None),
+        ("history-close", lambda: True, history_close),
+        ("history-closed", lambda: not history_window.is_open() and len(bpy.context.window_manager.windows) == 1,
+         lambda: note(step="history-gone", handler=history_window.SHOWN.handler is not None,
+                      screens=[s.name for s in bpy.data.screens], dirty=bpy.data.is_dirty)),
         ("wide", lambda: True, lambda: (scroll(-40), wide(True))),
         ("scene-tab", lambda: time.time() > T["since"] + 0.5, scene_tab),
         ("scroll-wide", lambda: time.time() > T["since"] + 0.5, lambda: xdo_scroll_big(5)),
@@ -335,6 +393,8 @@ DRIVER = textwrap.dedent(r'''
 
 # The state colours of blender_ui/charts.py (as displayed, 8-bit) and the p95 line's.
 GREEN, RED, ORANGE_LINE = (51, 217, 77), (255, 38, 38), (255, 153, 51)
+# The Metrics History window's service colours (charts.SERIES), the first three services'.
+SERIES = [(115, 184, 242), (237, 168, 64), (204, 140, 184)]
 
 
 def _count(png: Path, box, colour, tol=40) -> int:
@@ -445,6 +505,30 @@ def test_panels_in_a_real_blender_window(tmp_path):
     dash = [d for d in drawn if d["panel"] == "health_dashboard" and d["space"] == "VIEW_3D"]
     assert any(d["services"].get("comfyui", {}).get("p95") not in (None, "—") and d["services"]["comfyui"]["chart"]
                for d in dash), "the sidebar's Health Monitoring never showed ComfyUI's chart"
+    # The Metrics History window: opened by its operator, rendered again at its new size,
+    # one chart of every service, nothing of it in a saved file, gone when closed.
+    assert steps["history-op"]["ops"] == ["FINISHED"] and steps["history-op"]["windows"] == 2
+    hist = steps["history-shot"]
+    assert hist["size"][0] >= 1000 and hist["rows"][:3] == ["ComfyUI", "Wan2GP", "RVC"], hist
+    assert hist["images"] == hist["saved"]["images"] == steps["layout"]["images"], hist  # no image added
+    assert "temp" in hist["screens"]  # the window's own screen, only while it is open...
+    saved = subprocess.run([BLENDER, "-b", str(out / "saved-with-window.blend"), "--python-expr",
+                            "import bpy; print('MD-SAVED', len(bpy.data.window_managers[0].windows), "
+                            "sorted(s.name for s in bpy.data.screens))"],
+                           capture_output=True, text=True, timeout=120).stdout
+    line = next(ln for ln in saved.splitlines() if ln.startswith("MD-SAVED"))
+    assert line.startswith("MD-SAVED 1 ") and "'temp'" not in line, line  # ...and never in a saved file
+    assert hist["render_ms"] < 1000, hist["render_ms"]
+    gone = steps["history-gone"]
+    assert not gone["handler"] and "temp" not in gone["screens"], gone
+    png = out / "blender-metrics-history-window.png"
+    from PIL import Image
+    w, h = Image.open(png).size
+    plot = (60, 100, w - 20, h - 120)  # inside the legend and the failure lanes
+    lines = [_count(png, plot, c, tol=14) for c in SERIES]
+    # ComfyUI and RVC answer (Wan2GP is down, no line): two services' lines in the plot.
+    assert lines[0] >= 300 and lines[2] >= 300, lines
+    assert _count(png, (0, 0, w, h), RED, tol=30) >= 20  # RVC's dropout, in its failure lane
     # Runtime status never marks the user's file as modified.
     assert not any(s.get("dirty") for s in results["steps"] if "dirty" in s)
 
@@ -477,7 +561,7 @@ def test_panels_in_a_real_blender_window(tmp_path):
         shutil.copy(charted[0], dashes[0])
     assert _count(down, bar, RED) > _count(up, bar, RED)  # ComfyUI turned red too
     assert _count(offline, bar, GREEN) == 0  # offline: no green anywhere, nothing claims to be up
-    for s in shots.values():
+    for s in [*shots.values(), hist]:
         png = out / s["file"]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # docs/screenshots/ keeps the pictures the docs show. They are replaced only on
