@@ -110,11 +110,15 @@ def close(wm=None) -> None:
             bpy.ops.wm.window_close()
 
 
-def reopen(context) -> None:
-    """From the timer, after a save closed the window."""
+def reopen(wm) -> None:
+    """From the timer, after a save closed the window (the timer's context may have no
+    window then, if the save was made from the closed one: use the main window)."""
     SHOWN.reopen = False
-    if context.window is not None:  # a timer always has one in a GUI Blender; be sure
-        open_window(context)
+    if not wm.windows:
+        return
+    main = wm.windows[0]
+    with bpy.context.temp_override(window=main, screen=main.screen):
+        open_window(bpy.context)
 
 
 @persistent

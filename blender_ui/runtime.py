@@ -34,12 +34,12 @@ def tick() -> float:
     unregister the timer and freeze the panels on stale values."""
     try:
         wm = bpy.context.window_manager
+        if wm is not None and history_window.SHOWN.reopen:
+            history_window.reopen(wm)  # a save closed it a moment ago
         if wm is not None and RT.client is not None:
             run_tick(RT.client, wm)
             if history_window.is_open() and history_window.resized(wm):
                 history_window.update(wm)  # a resize is re-rendered at once, not a second later
-            elif history_window.SHOWN.reopen:
-                history_window.reopen(bpy.context)
             now = time.monotonic()
             if now >= RT.next_second:
                 RT.next_second = now + 1.0
