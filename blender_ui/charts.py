@@ -454,10 +454,12 @@ def history_chart(rows: Sequence[tuple[str, Sequence, Sequence, Sequence, Sequen
     y = pad + bh + 8 * u
     x = pad
     colours = {name: series_colour(i) for i, (name, *_rest) in enumerate(rows)}
-    for (name, t, _p50, p95, _ok), (_, n) in zip(rows, counted):
+    for (name, t, _p50, p95, ok), (_, n) in zip(rows, counted):
         last = next((v for v in reversed(list(p95)) if _finite(v)), None)
+        checked = enough(t, ok, span) > 0
         words = (f"{name}  {ms_label(last)}" if n >= 2 and last is not None
-                 else f"{name}  (collecting data)" if n else f"{name}  (no data)")
+                 else f"{name}  (collecting data)" if n else f"{name}  (no answers)" if checked
+                 else f"{name}  (no data)")
         item_w = 16 * u + text_width(words, fs) + 18 * u
         if x + item_w > width - pad and x > pad:
             x, y = pad, y + th + 4 * u
@@ -532,8 +534,11 @@ def history_chart(rows: Sequence[tuple[str, Sequence, Sequence, Sequence, Sequen
         bad = ~np.isnan(rates) & ~good
         lane = cv.a[ly:ly + lane_h, x0:x1]
         lane[:, good] = _mix(colours[name], PLOT, 0.7)
-        for x in np.nonzero(bad)[0]:  # at least 3 px wide: one failed check is easy to miss
-            cv.rect(x0 + x - u, ly, x0 + x + u + 1, ly + lane_h, FAIL)
+        wide = bad.copy()  # a failure at least 2u + 1 px wide: one failed check is easy to miss
+        for k in range(1, u + 1):
+            wide[k:] |= bad[:-k]
+            wide[:-k] |= bad[k:]
+        lane[:, wide] = FAIL
     cv.text(x0, y_axis, span_label(seconds), AXIS_TEXT, fs)
     cv.text(x1 - text_width("now", fs), y_axis, "now", AXIS_TEXT, fs)
     return cv.pixels()

@@ -26,6 +26,7 @@ from .state import RT, STATE
 
 MOVE_PX = 8           # the time axis moves the picture every this many pixels...
 MOVE_MIN_S = 5.0      # ...but at most once per this many seconds (one render costs tens of ms)
+RENDER_GAP_S = 1.0    # new data re-render at most this often (a resize or new range at once)
 AREA = "IMAGE_EDITOR"  # shows nothing of its own without an image
 
 
@@ -39,6 +40,7 @@ class _Shown:
         self.size = (0, 0)
         self.signature = None
         self.render_ms = 0.0   # the last render, for the bench and the docs
+        self.rendered_at = 0.0  # monotonic time of the last render
         self.reopen = False    # closed for a save: the timer opens it again
 
 
@@ -182,6 +184,9 @@ def update(wm) -> bool:
                  tuple((r[0], len(r[1]), r[1][-1] if r[1] else None, r[3][-1] if r[3] else None) for r in rows))
     if signature == SHOWN.signature:
         return False
+    last = SHOWN.signature
+    if last is not None and last[:2] == signature[:2] and time.monotonic() - SHOWN.rendered_at < RENDER_GAP_S:
+        return False  # live updates without the aggregator's history come several a second
     started = time.perf_counter()
     message = "" if online else "Monitor offline\nThe chart comes back when the monitor answers again."
     pixels = charts.history_chart(rows, (now - seconds, now), size[0], size[1], pictures.ui_scale(), limit,
@@ -190,6 +195,7 @@ def update(wm) -> bool:
     SHOWN.size = size
     SHOWN.signature = signature
     SHOWN.render_ms = (time.perf_counter() - started) * 1000.0
+    SHOWN.rendered_at = time.monotonic()
     region.tag_redraw()
     return True
 
