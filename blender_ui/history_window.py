@@ -37,6 +37,7 @@ class _Shown:
         self.window = 0
         self.handler = None
         self.texture = None
+        self.quad = None       # the unit square the texture is drawn on (made once, on first draw)
         self.size = (0, 0)
         self.signature = None
         self.render_ms = 0.0   # the last render, for the bench and the docs
@@ -105,6 +106,7 @@ def close(wm=None) -> None:
     found = _find(wm) if wm is not None and SHOWN.window else None
     SHOWN.window = 0
     SHOWN.texture = None
+    SHOWN.quad = None
     SHOWN.signature = None
     SHOWN.size = (0, 0)
     if found is not None:
@@ -220,7 +222,30 @@ def _draw() -> None:
         return
     if ctx.space_data is None or ctx.space_data.image is not None:
         return
-    from gpu_extras.presets import draw_texture_2d
+    import gpu
 
+    if SHOWN.quad is None:
+        SHOWN.quad = _quad()
     w, h = SHOWN.size
-    draw_texture_2d(SHOWN.texture, (0, ctx.region.height - h), w, h)
+    shader = gpu.shader.from_builtin("IMAGE")
+    with gpu.matrix.push_pop():
+        gpu.matrix.translate((0, ctx.region.height - h))
+        gpu.matrix.scale((w, h))
+        shader.bind()
+        shader.uniform_sampler("image", SHOWN.texture)
+        SHOWN.quad.draw(shader)
+
+
+def _quad():
+    """A unit square with texture coordinates, for the builtin IMAGE shader (what
+    gpu_extras' draw_texture_2d draws, built from the gpu module alone)."""
+    import gpu
+
+    fmt = gpu.types.GPUVertFormat()
+    fmt.attr_add(id="pos", comp_type="F32", len=2, fetch_mode="FLOAT")
+    fmt.attr_add(id="texCoord", comp_type="F32", len=2, fetch_mode="FLOAT")
+    corners = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
+    vbo = gpu.types.GPUVertBuf(fmt, len(corners))
+    vbo.attr_fill("pos", corners)
+    vbo.attr_fill("texCoord", corners)
+    return gpu.types.GPUBatch(type="TRI_STRIP", buf=vbo)
