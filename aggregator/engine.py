@@ -10,7 +10,7 @@ import math
 from collections import deque
 from typing import Any, Callable
 
-from bus.protocol import STATE_DEGRADED, STATE_UNKNOWN, Message
+from bus.protocol import PROBE_HEARTBEAT_INTERVAL, STATE_DEGRADED, STATE_UNKNOWN, Message
 
 from . import alerts as alerting
 from . import sketch
@@ -18,7 +18,7 @@ from .settings import Settings, label
 from .tiers import (CLASS_NAMES, DEGRADED, DOWN, LOADING, SLEEPING, UNKNOWN, UP, Agg, Tier, agg_from_row, agg_row,
                     uptime)
 
-PROBE_DEAD_AFTER_BEATS = 3  # missed heartbeats before a probe counts as dead
+PROBE_DEAD_AFTER_BEATS = 3  # heartbeat intervals of silence (no beat, no status) before a probe counts as dead
 JOB_TIMES_KEPT = 500        # recent job processing times kept for their percentiles
 MAX_ERROR_KINDS = 32         # distinct timing error kinds counted per service; more are counted as "other"
 MAX_ERROR_KIND_CHARS = 64
@@ -299,6 +299,9 @@ class Engine:
         svc.status = body
         if svc.src != msg.src:
             svc.src, svc.src_since = msg.src, now
+        beat = self.probes.get(msg.src)
+        if beat is not None:  # a status proves its probe alive as a heartbeat does
+            self.probes[msg.src] = (now, beat[1], beat[2])
         svc.last_check = svc.last_event = now
         details = body.get("details")
         if details.__class__ is dict:
@@ -357,14 +360,14 @@ class Engine:
         beat = self.probes.get(src)
         if beat is None:
             # No heartbeat yet: a status can arrive first. Allow the same grace as a live probe.
-            return first_seen is None or now - first_seen > PROBE_DEAD_AFTER_BEATS * 1.0
+            return first_seen is None or now - first_seen > PROBE_DEAD_AFTER_BEATS * PROBE_HEARTBEAT_INTERVAL
         last, interval, _ = beat
         return now - last > PROBE_DEAD_AFTER_BEATS * interval
 
     def _dead_since(self, svc: ServiceState) -> float:
         beat = self.probes.get(svc.src)
         if beat is None:
-            return svc.src_since + PROBE_DEAD_AFTER_BEATS * 1.0
+            return svc.src_since + PROBE_DEAD_AFTER_BEATS * PROBE_HEARTBEAT_INTERVAL
         return beat[0] + PROBE_DEAD_AFTER_BEATS * beat[1]
 
     def liveness_due(self) -> tuple[float, bool]:
@@ -625,7 +628,8 @@ class Engine:
         state, error, error_kind = s.get("state", STATE_UNKNOWN), s.get("error", ""), s.get("error_kind", "")
         if svc.dead:
             state, error_kind = STATE_UNKNOWN, "probe_dead"
-            error = (f"no heartbeat from {svc.src} for over {PROBE_DEAD_AFTER_BEATS} intervals; "
+            error = (f"nothing heard from {svc.src} (no heartbeat, no status) for over {PROBE_DEAD_AFTER_BEATS} "
+                     "heartbeat intervals; "
                      "the probe has stopped, so this service's real state is unknown")
         elif state == "connected" and svc.degraded:
             state = STATE_DEGRADED

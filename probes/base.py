@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import zmq
 
-from bus.protocol import Publisher, Rejection, decode
+from bus.protocol import PROBE_HEARTBEAT_INTERVAL, Publisher, Rejection, decode
 from bus.sockets import Endpoints, close, drain, new_context, pub_socket, sub_socket
 from bus.wake import StopEvent, Wakeup
 
@@ -24,12 +24,17 @@ from .liveness import LivenessChannel, local_address
 
 log = logging.getLogger("probes")
 
-HEARTBEAT_INTERVAL = 1.0  # seconds; the aggregator declares a probe dead after 3 missed
+# A probe is heard at least every HEARTBEAT_INTERVAL: its status after each check counts as a
+# beat (the ZeroMQ Guide's Paranoid Pirate: any message from a peer proves it alive), so a
+# heartbeat goes out only when nothing else did. With checks every 2 s that is none at all, and
+# the aggregator and each probe wake half as often as with a beat every second besides.
+HEARTBEAT_INTERVAL = PROBE_HEARTBEAT_INTERVAL  # the aggregator declares a probe dead after 3 missed
+BEAT_HOLD = 0.5  # seconds a due beat waits for a running check, to go out with its status
 CONFIRM_DELAY = 0.25  # seconds before re-checking to confirm a state change
 MAX_BACKOFF = 30.0  # seconds; reconnect attempts while down slow down to at most this (the epic's cap)
 MAX_DOUBLINGS = 32  # the backoff's exponent stops here: any interval above 7 ns has reached the cap by then
-IDLE_WAKE = 1.0  # longest poll while idle: how soon the loop sees `stop` (the lifeline's grace is 5 s).
-                 # Waking 5 times a second cost about a quarter of an idle probe's CPU (bench figure 9).
+IDLE_WAKE = 1.0  # longest poll while idle when `stop` is a plain Event, which cannot wake the poll:
+                 # how soon the loop sees it (the lifeline's grace is 5 s). A StopEvent wakes it.
 RECONNECT_MAX_MS = 1000  # longest pause between libzmq's attempts to reach the aggregator
 MIN_EVENT_GAP = 0.2  # seconds; a burst of pushed events (ComfyUI queue changes) costs at most one check per gap,
                      # and a slow backend gets at least this rest between two checks
@@ -241,6 +246,7 @@ class ProbeRunner:
         self.last_check = -math.inf
         self.liveness: LivenessChannel | None = None  # opened by run() for a backend on this machine
         self._last_status: dict[str, Any] | None = None  # the body last published, to repeat to a newcomer
+        self._beat_dropped = 0  # publisher.dropped as the last heartbeat reported it
 
     def run(self) -> None:
         """The loop on real sockets. A check runs on a worker thread while this thread keeps
@@ -313,21 +319,14 @@ class ProbeRunner:
         pending: Future | None = None
         again = False  # a refresh arrived while a check was running: check again right after it
         nudged = False  # pushed news arrived while a check was running: check again after the gap
-        next_check = next_beat = started = clock()
+        next_check = started = clock()
         self._publish_status(CheckResult(False), "connecting")
+        self._beat()  # the aggregator learns the beat interval from a heartbeat
+        next_beat = clock() + HEARTBEAT_INTERVAL
         while not self.stop.is_set():
-            now = clock()
-            check_due = pending is None and now >= next_check
-            # A check that starts beats too, and the next beat is timed from it: a beat due in
-            # the middle of the interval then coincides with the next check, one wakeup for
-            # both instead of two. (Beats come at least every HEARTBEAT_INTERVAL, sometimes sooner.)
-            if now >= next_beat or check_due:
-                self.publisher.send(f"heartbeat.{self.src}", {
-                    "interval": HEARTBEAT_INTERVAL, "services": [self.probe.service],
-                    "dropped": self.publisher.dropped})
-                next_beat = now + HEARTBEAT_INTERVAL
             if pending is not None and pending.done():
                 self._finish(pending.result())
+                next_beat = clock() + HEARTBEAT_INTERVAL  # the status just sent was a beat
                 pending = None
                 # The pause runs from the check's start, so "at most 30 s apart" holds whatever
                 # the check took; a check that overran its pause is still followed by a short rest.
@@ -340,11 +339,19 @@ class ProbeRunner:
             if pending is None and clock() >= next_check:
                 started = clock()
                 pending = submit(self._run_check)
+            # A beat due while a check runs (one started just now included) waits up to
+            # BEAT_HOLD for the check's status, which then serves as the beat: one message
+            # stream and one wakeup of the aggregator. A hung check still lets beats through.
+            hold = BEAT_HOLD if pending is not None else 0.0
+            if clock() >= next_beat + hold or self.publisher.dropped != self._beat_dropped:
+                self._beat()
+                next_beat = clock() + HEARTBEAT_INTERVAL
             # While a check runs, its end wakes `wait` (or is already there: then do not wait).
-            wake = min(next_beat, self.liveness.wake_at() if self.liveness is not None else math.inf,
+            wake = min(next_beat + (BEAT_HOLD if pending is not None else 0.0),
+                       self.liveness.wake_at() if self.liveness is not None else math.inf,
                        next_check if pending is None else math.inf)
             pause = 0.0 if pending is not None and pending.done() else max(0.0, wake - clock())
-            refresh, pushed = wait(min(pause, IDLE_WAKE))
+            refresh, pushed = wait(pause if isinstance(self.stop, StopEvent) else min(pause, IDLE_WAKE))
             if refresh:
                 self.machine.retry_briskly()  # a person asked: check now, and retry briskly again
                 next_check = clock()
@@ -400,7 +407,15 @@ class ProbeRunner:
         self._publish_status(result, state)
         return result
 
+    def _beat(self) -> None:
+        self.publisher.send(f"heartbeat.{self.src}", {
+            "interval": HEARTBEAT_INTERVAL, "services": [self.probe.service], "dropped": self.publisher.dropped})
+        # A later drop is reported by a beat at the next turn of the loop (this one's own is not).
+        self._beat_dropped = self.publisher.dropped
+
     def _publish_status_again(self) -> None:
+        # A newcomer learns this probe's beat interval only from a heartbeat: send one first.
+        self._beat()
         if self._last_status is not None:
             self.publisher.send(f"status.{self.probe.service}", self._last_status)
 

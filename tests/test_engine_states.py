@@ -161,3 +161,30 @@ def test_liveness_due_is_when_a_silent_probe_turns_unknown():
     beat(engine, interval=2.0)
     engine.tick()
     assert engine.liveness_due() == (clock.t + 6.0, False)
+
+
+def test_a_status_proves_its_probe_alive_as_a_heartbeat_does():
+    """A probe beats only when it sent nothing else for an interval: its status after each
+    check is the beat. So one heartbeat, then a status every 2 s for a minute: alive all along,
+    and the deadline runs from the last status; silent for over 3 intervals after it: unknown.
+    A status from another source (a second probe of the same service) proves nothing for this one."""
+    engine, clock = _engine()
+    beat(engine, interval=2.0)
+    for _ in range(30):
+        clock.t += 2.0
+        status(engine, "x", "connected")
+        engine.tick()
+        assert engine.record("x")["state"] == "connected"
+    assert engine.liveness_due() == (clock.t + 3 * 2.0, False)
+    clock.t += 3 * 2.0 + 0.001
+    engine.tick()
+    record = engine.record("x")
+    assert (record["state"], record["error_kind"]) == ("unknown", "probe_dead")
+    assert "no heartbeat, no status" in record["error"]
+    status(engine, "x", "connected")  # it speaks again: alive again
+    engine.tick()
+    assert engine.record("x")["state"] == "connected"
+    clock.t += 3 * 2.0 + 0.001
+    status(engine, "y", "connected", src="probe.other")
+    engine.tick()
+    assert engine.record("x")["state"] == "unknown"

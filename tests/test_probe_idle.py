@@ -105,11 +105,12 @@ def test_a_killed_forked_probe_comes_back_named(supervisor):
     assert all(k.is_running() for s, k in kids.items() if s != "comfyui")
 
 
-def test_an_idle_probe_wakes_once_a_second(endpoints):
+def test_an_idle_probe_wakes_once_per_check_and_its_status_is_its_beat(endpoints):
     """The real loop (ProbeRunner.loop) on a fake clock, a healthy backend checked every 2 s:
-    the loop wakes for a beat, or for a check and the beat that goes with it. A beat timed on
-    its own clock, half an interval off the checks', and a 20 ms poll for each running check
-    made 2 wakeups a second; a finished check wakes the real loop itself (a socket pair)."""
+    the loop wakes once per check, and the check's status is the beat (any message proves a
+    probe alive, as in the Guide's Paranoid Pirate), so no heartbeat goes out while checks come
+    on time. A heartbeat every second besides made 1 wakeup a second and 1.5 messages per
+    second on the bus (2 a second before that, with a 20 ms poll for each running check)."""
     clock = FakeClock()
 
     class Healthy(Probe):
@@ -132,8 +133,55 @@ def test_an_idle_probe_wakes_once_a_second(endpoints):
         return False, False
 
     run_loop(r, endpoints, clock, wait)  # the check finishes at once (its end wakes the real loop)
-    beats = [t for t, topic, _ in r.publisher.sent if topic.startswith("heartbeat.") and t - t0 > 60]
-    assert max(b - a for a, b in zip(beats, beats[1:])) <= HEARTBEAT_INTERVAL + 1e-6
+    steady = [(t, topic) for t, topic, _ in r.publisher.sent if t - t0 > 60]
+    heard = [t for t, topic in steady if topic.startswith(("heartbeat.", "status."))]
+    assert max(b - a for a, b in zip(heard, heard[1:])) <= HEARTBEAT_INTERVAL + 1e-6
+    assert not [t for t, topic in steady if topic.startswith("heartbeat.")]  # the statuses were the beats
     assert r.machine.state == "connected"
     rate = len(wakes) / 600
-    assert rate <= 1.05, f"{rate:.2f} wakeups a second"  # 1 (a beat a second, half of them with a check); was 2
+    assert rate <= 0.55, f"{rate:.2f} wakeups a second"  # 0.5: one per check; was 1
+
+
+def test_a_hung_check_does_not_silence_the_probe(endpoints):
+    """A check that hangs for a minute (a backend that accepts and never answers, before its
+    timeout): the loop, which never waits on the check, keeps beating; a beat due while the
+    check runs waits BEAT_HOLD for its status at most, so the probe is heard at least every
+    HEARTBEAT_INTERVAL + BEAT_HOLD, far inside the aggregator's 3 intervals."""
+    from concurrent.futures import Future
+
+    from probes.base import BEAT_HOLD
+    from tests.test_probe_runner import Recording
+    from bus.sockets import close, new_context, pub_socket
+
+    clock = FakeClock()
+    r = ProbeRunner(Probe("svc", {"url": "http://127.0.0.1:9", "interval": 2.0, "timeout": 60.0}),
+                    endpoints, clock=clock)
+    t0 = clock()
+    running: list[tuple[Future, float]] = []
+
+    def submit(fn):
+        future = Future()
+        running.append((future, clock() + 60.0))  # each check takes a minute
+        return future
+
+    def wait(seconds):
+        clock.t += seconds
+        for future, done_at in running:
+            if not future.done() and clock() >= done_at:
+                future.set_result(CheckResult(True, version="1.0"))
+        if clock() - t0 > 300:
+            r.stop.set()
+        return False, False
+
+    ctx = new_context()
+    sock = pub_socket(ctx, endpoints.events)
+    r.publisher = Recording(sock, r.src, clock)
+    try:
+        r.loop(wait, submit)
+    finally:
+        close(sock)
+        ctx.term()
+    heard = [t for t, topic, _ in r.publisher.sent if topic.startswith(("heartbeat.", "status."))]
+    gap = max(b - a for a, b in zip(heard, heard[1:]))
+    assert len(running) >= 4  # checks kept coming, one after another
+    assert gap <= HEARTBEAT_INTERVAL + BEAT_HOLD + 1e-6, gap
