@@ -21,10 +21,10 @@ import msgpack
 SCHEMA_VERSION = 1
 SEPARATOR = b"\x00"
 MAX_TOPIC_BYTES = 128
-# Events from probes are small; 1 MiB is generous and is also the SUB socket's MAXMSGSIZE.
 # Seconds between a probe's heartbeats while it sends nothing else; a status counts as one.
 # The aggregator declares a probe dead after 3 such intervals of silence.
 PROBE_HEARTBEAT_INTERVAL = 2.0
+# Events from probes are small; 1 MiB is generous and is also the SUB socket's MAXMSGSIZE.
 MAX_EVENT_BYTES = 1 << 20
 # Replies (full snapshot with history, exports) may be larger.
 MAX_REPLY_BYTES = 64 << 20

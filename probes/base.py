@@ -347,8 +347,7 @@ class ProbeRunner:
                 self._beat()
                 next_beat = clock() + HEARTBEAT_INTERVAL
             # While a check runs, its end wakes `wait` (or is already there: then do not wait).
-            wake = min(next_beat + (BEAT_HOLD if pending is not None else 0.0),
-                       self.liveness.wake_at() if self.liveness is not None else math.inf,
+            wake = min(next_beat + hold, self.liveness.wake_at() if self.liveness is not None else math.inf,
                        next_check if pending is None else math.inf)
             pause = 0.0 if pending is not None and pending.done() else max(0.0, wake - clock())
             refresh, pushed = wait(pause if isinstance(self.stop, StopEvent) else min(pause, IDLE_WAKE))
