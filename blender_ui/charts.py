@@ -227,6 +227,18 @@ def _line(cv: Canvas, x0: int, y_of, vals: np.ndarray, c, width: int) -> None:
 
 
 # -- the pictures ---------------------------------------------------------------------------------
+def _y_grid(cv: Canvas, y_of, top: float, step: float, x0: int, x1: int, gap: int, size: int) -> None:
+    """A grid line at every `step` from 0 to `top`, its value written `gap` px left of the plot."""
+    th = text_height(size)
+    k = 0
+    while k * step <= top + 1e-9:
+        y = int(round(float(y_of(np.array(k * step)))))
+        cv.hline(y, x0, x1, GRID)
+        lab = ms_label(k * step)
+        cv.text(x0 - gap - text_width(lab, size), y - th // 2, lab, AXIS_TEXT, size)
+        k += 1
+
+
 def response_chart(times: Sequence, p50: Sequence, p95: Sequence, ok: Sequence, span: tuple[float, float],
                    size: int, scale: float = 1.0, limit: float | None = None) -> np.ndarray:
     """One service over the span, in a size x size square: p95 (orange) and p50 (blue)
@@ -254,13 +266,7 @@ def response_chart(times: Sequence, p50: Sequence, p95: Sequence, ok: Sequence, 
     def y_of(v):
         return y_bottom - np.clip(v / top, 0, 1.0) * (y_bottom - y_top)
 
-    k = 0
-    while k * step <= top + 1e-9:
-        y = int(round(float(y_of(np.array(k * step)))))
-        cv.hline(y, x0, x1, GRID)
-        lab = ms_label(k * step)
-        cv.text(x0 - 3 * u - text_width(lab, fs), y - th // 2, lab, AXIS_TEXT, fs)
-        k += 1
+    _y_grid(cv, y_of, top, step, x0, x1, 3 * u, fs)
     if _finite(limit) and limit <= top:
         cv.hline(int(round(float(y_of(np.array(limit))))), x0, x1, LIMIT, dash=4 * u)
     _line(cv, x0, y_of, columns(times, p50, span, w), P50, 2 * u)
@@ -505,13 +511,7 @@ def history_chart(rows: Sequence[tuple[str, Sequence, Sequence, Sequence, Sequen
             cv.text(lx, y_axis, lab, AXIS_TEXT, fs)
             last_right = lx + text_width(lab, fs)
         tick += every
-    k = 0
-    while k * step <= top + 1e-9:
-        yy = int(round(float(y_of(np.array(k * step)))))
-        cv.hline(yy, x0, x1, GRID)
-        lab = ms_label(k * step)
-        cv.text(x0 - 6 * u - text_width(lab, fs), yy - th // 2, lab, AXIS_TEXT, fs)
-        k += 1
+    _y_grid(cv, y_of, top, step, x0, x1, 6 * u, fs)
     if show_limit:
         yy = int(round(float(y_of(np.array(limit)))))
         cv.hline(yy, x0, x1, LIMIT, dash=5 * u)
