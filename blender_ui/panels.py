@@ -379,14 +379,13 @@ class HealthDashboard:
         idle = [item.label for item in state.services if item.state not in view.ANSWERING]
         if idle:
             _wrapped(layout, f"No live figures (not connected): {', '.join(idle)}", _chars(context, 1), "INFO")
-        side = pictures.side(context.region.width, _scale(context))
-        n = pictures.columns(context.region.width, _scale(context))
+        boxes = pictures.charted(state, client)
+        side = pictures.side(context.region.width, _scale(context), len(boxes))
+        n = pictures.columns(context.region.width, _scale(context), len(boxes))
         grid = layout.grid_flow(row_major=True, columns=n, even_columns=True) if n > 1 else layout
         shown = {}
-        for item in state.services:
-            record = client.services.get(item.name)
-            if record is None or item.state not in view.ANSWERING:
-                continue
+        for item in boxes:
+            record = client.services[item.name]
             stats = view.stats_for(record, rng)
             box = grid.box()
             box.label(text=item.label, **pictures.state_icon_args(item.state))
@@ -421,7 +420,8 @@ class HealthDashboard:
         op = row.operator("movie_director.export_metrics", icon=_i("EXPORT"))
         op.range = rng if rng != "5m" else "1h"
         instrument.trace("health_dashboard", {"range": rng, "services": shown, "alerts": len(client.alerts),
-                                             "space": self.bl_space_type})
+                                             "space": self.bl_space_type, "width": context.region.width,
+                                             "columns": n, "side": side})
 
     @staticmethod
     def draw_alerts(context, layout, state, alerts):
@@ -502,7 +502,7 @@ class MetricsHistory:
             return
         rng = state.metrics_range
         layout.row().prop(state, "metrics_range", expand=True)
-        side = pictures.side(context.region.width, _scale(context), big=True)
+        side = pictures.history_side(context.region.width, _scale(context))
         key = pictures.chart_key("history", "all", rng, side)
         _picture(layout, context, key, side, "Collecting data: no service has 2 points yet")
         layout.operator("movie_director.open_history_window", icon=_i("WINDOW"))

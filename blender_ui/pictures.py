@@ -2,8 +2,10 @@
 
 `update()` runs in the timer (after new data, and once a second for the moving time
 axis). It re-renders a picture only when its signature (data, range, size, the time
-axis moved by a few pixels) changed, and at most `PER_TICK` pictures per call, so no
-tick stalls Blender. `draw()` only looks pictures up by key: `icon()` never renders.
+axis moved by a few pixels) changed, the stalest first, and at most `PIXELS_PER_TICK`
+pixels per call (one picture at least), so no tick stalls Blender and no picture starves
+behind others that change on every tick. `draw()` only looks pictures up by key: `icon()`
+never renders.
 
 A picture is rendered at the pixel size it is shown at (see `side()`), per region width,
 so its text is crisp in a narrow sidebar, a wide editor and at UI scale 2.
@@ -25,10 +27,12 @@ except ImportError:
     MISSING = ("Charts need numpy in Blender's Python (it ships with Blender from blender.org; "
                "on Debian: apt install python3-numpy)")
 
-PER_TICK = 2           # pictures rendered per timer call at most
+PIXELS_PER_TICK = 2 * 380 * 380  # rendered per timer call at most (about 9 ms of numpy)
 MIN_POINTS = 2         # fewer points than this: the panel says so instead of a chart
 REGIONS = {("VIEW_3D", "UI"), ("SEQUENCE_EDITOR", "UI"), ("PROPERTIES", "WINDOW")}
-SERVICE_MAX = 380      # px at UI scale 1: a per-service chart bigger than this says no more
+COLUMN = 420           # px at UI scale 1: the width a service box aims at in a wide editor
+GAP = 40               # px at UI scale 1 that a box's frame and the grid take beside its chart
+SERVICE_MAX = 640      # px at UI scale 1: a per-service chart bigger than this says no more
 HISTORY_MAX = 720
 STATE_COLOURS = {"connected": "GREEN", "connecting": "YELLOW", "disconnected": "RED", "error": "ORANGE",
                  "loading": "YELLOW", "sleeping": "SAGE", "degraded": "ORANGE",
@@ -37,6 +41,7 @@ STATE_COLOURS = {"connected": "GREEN", "connecting": "YELLOW", "disconnected": "
 _pcoll = None
 _signatures: dict[str, object] = {}
 _points: dict[str, int] = {}  # key -> points the last look found (for "not enough data")
+_rendered: dict[str, float] = {}  # key -> when it was last rendered (monotonic)
 
 
 def open_previews() -> None:
@@ -58,6 +63,7 @@ def close_previews() -> None:
         _pcoll = None
     _signatures.clear()
     _points.clear()
+    _rendered.clear()
 
 
 def _icon_shape(kind: str) -> str:
@@ -82,21 +88,34 @@ def ui_scale() -> float:
     return bpy.context.preferences.system.ui_scale or 1.0
 
 
-def columns(region_width: int, ui_scale: float) -> int:
-    """Service boxes side by side in a wide editor: as many as fit at their full chart size."""
-    inner = region_width - 44 * ui_scale
-    return max(1, min(3, int(inner // ((SERVICE_MAX + 40) * ui_scale))))
+def charted(state, client) -> list:
+    """The services Health Monitoring shows a box (and a chart) for: those that answer."""
+    return [item for item in state.services if item.state in view.ANSWERING and item.name in client.services]
 
 
-def side(region_width: int, ui_scale: float, big: bool = False) -> int:
-    """The pixel size of a chart in a region this wide: the inner width of its panel (or
-    of its column), capped, rounded to 8 px so a small resize does not re-render all."""
+def columns(region_width: int, ui_scale: float, boxes: int) -> int:
+    """Service boxes side by side in a wide editor: the count whose columns come nearest
+    COLUMN px each, and no more than there are boxes (Blender's grid_flow then widens its
+    columns), so a chart fills its column instead of leaving a gap beside it."""
     inner = region_width - 44 * ui_scale
-    if not big:
-        n = columns(region_width, ui_scale)
-        inner = inner / n - (40 * ui_scale if n > 1 else 0)
-    cap = (HISTORY_MAX if big else SERVICE_MAX) * ui_scale
+    return max(1, min(3, boxes, round(inner / (COLUMN * ui_scale))))
+
+
+def _fit(inner: float, cap: float) -> int:
+    """Rounded to 8 px, so a small resize does not re-render every picture."""
     return max(96, int(min(inner, cap)) // 8 * 8)
+
+
+def side(region_width: int, ui_scale: float, boxes: int) -> int:
+    """The pixel size of a service's chart in a region this wide: its column's inner width, capped."""
+    n = columns(region_width, ui_scale, boxes)
+    inner = (region_width - 44 * ui_scale) / n - (GAP * ui_scale if n > 1 else 0)
+    return _fit(inner, SERVICE_MAX * ui_scale)
+
+
+def history_side(region_width: int, ui_scale: float) -> int:
+    """The pixel size of the Metrics History sub-panel's chart: the panel's inner width, capped."""
+    return _fit(region_width - 44 * ui_scale, HISTORY_MAX * ui_scale)
 
 
 def icon(key: str) -> int:
@@ -135,20 +154,15 @@ def service_series(name: str, rng: str) -> dict:
             "success_rate": [s[3] for s in samples]}
 
 
-def _sizes(wm) -> set[tuple[int, bool]]:
+def _sizes(wm, boxes: int) -> set[tuple[int, bool]]:
     scale = ui_scale()
-    out = set()
-    for window in wm.windows:
-        for area in window.screen.areas:
-            for region in area.regions:
-                if (area.type, region.type) in REGIONS and region.width > 1:
-                    out.add((side(region.width, scale), False))
-                    out.add((side(region.width, scale, big=True), True))
-    return out or {(side(340, scale), False), (side(340, scale, big=True), True)}
+    widths = {region.width for window in wm.windows for area in window.screen.areas for region in area.regions
+              if (area.type, region.type) in REGIONS and region.width > 1} or {340}
+    return {(side(w, scale, boxes), False) for w in widths} | {(history_side(w, scale), True) for w in widths}
 
 
 def update(wm) -> bool:
-    """Re-render what changed (at most PER_TICK pictures). True if a picture changed."""
+    """Re-render what changed (at most PIXELS_PER_TICK pixels). True if a picture changed."""
     client = RT.client
     if _pcoll is None or charts is None or client is None or not client.online:
         return False
@@ -164,7 +178,7 @@ def update(wm) -> bool:
     todo = []
     names = [item.name for item in state.services if item.name in client.services]
     series = {name: service_series(name, rng) for name in names}
-    for size, big in sorted(_sizes(wm)):
+    for size, big in sorted(_sizes(wm, len(charted(state, client)))):
         # The time axis moves by one step every ~4 px of the picture.
         moved = int(now / max(1.0, seconds / max(1, size / 4)))
         if big:
@@ -188,7 +202,13 @@ def update(wm) -> bool:
                 todo.append((key, sig, size, lambda s=s, t=t, size=size: charts.response_chart(
                     t, s.get("p50_ms") or [], s.get("p95_ms") or [], s.get("success_rate") or [], span, size,
                     scale, limit)))
-    for key, sig, size, render in todo[:PER_TICK]:
+    todo.sort(key=lambda job: _rendered.get(job[0], -1.0))
+    spent = 0
+    for key, sig, size, render in todo:
+        if spent and spent + size * size > PIXELS_PER_TICK:
+            break
+        spent += size * size
         _put(key, render(), size)
         _signatures[key] = sig
+        _rendered[key] = time.monotonic()
     return bool(todo)

@@ -405,11 +405,59 @@ def test_charts_render_in_the_timer_once_history_exists(addon, procs):
         # (icon ids exist only with a GUI: the GUI test sees the picture on screen)
 
 
+def test_a_tick_renders_within_its_pixel_budget_and_no_chart_starves(addon, procs, monkeypatch):
+    """The timer renders the stalest pictures first, within its pixel budget (one picture
+    at least): with room for one per tick, every chart still gets its turn, again and
+    again, while new data keeps changing them."""
+    runtime = addon
+    from blender_ui import pictures
+
+    monkeypatch.setattr(pictures, "PIXELS_PER_TICK", 1)
+    _sidebar_open()
+    with FakeComfyUI() as fake:
+        procs.probe("comfyui", "--url", fake.url, "--interval", "0.1")
+        procs.aggregator()
+        tick_until(runtime, lambda: item("comfyui") and item("comfyui").state == "connected", timeout=30)
+        renders: dict[str, int] = {}
+        seen = dict(pictures._rendered)
+
+        def counted():
+            new = [k for k, t in pictures._rendered.items() if seen.get(k) != t]
+            assert len(new) <= 1, new  # one picture per tick at this budget
+            seen.update(pictures._rendered)
+            for k in new:
+                renders[k] = renders.get(k, 0) + 1
+            # The trend chart and the Metrics History chart, each rendered again since.
+            return len(renders) >= 2 and min(renders.values()) >= 2
+
+        tick_until(runtime, counted, timeout=90)
+
+
 def test_a_chart_with_too_little_data_says_so(addon):
     from blender_ui import pictures
     assert pictures.icon(pictures.chart_key("trend", "comfyui", "5m", 256)) == 0
     assert pictures.points(pictures.chart_key("trend", "comfyui", "5m", 256)) == 0
     assert "state.connected" in pictures._pcoll and "state.disconnected" in pictures._pcoll
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+@pytest.mark.parametrize("boxes", [1, 2, 3, 5])
+def test_service_charts_fill_their_column_at_every_sidebar_width(scale, boxes):
+    """A sidebar dragged wide, or a Properties editor: the service boxes go side by side (as
+    many columns as there are boxes, at most) and each chart is as wide as its column, so
+    no width is left empty beside a chart until the chart reaches its cap."""
+    from blender_ui import pictures
+
+    cap = pictures.SERVICE_MAX * scale
+    for width in range(int(229 * scale), int(2600 * scale), 5):
+        n, side = pictures.columns(width, scale, boxes), pictures.side(width, scale, boxes)
+        assert 1 <= n <= min(3, boxes)
+        column = (width - 44 * scale) / n - (pictures.GAP * scale if n > 1 else 0)
+        assert side <= column, (width, n, side, column)  # it fits
+        assert side >= 0.9 * min(column, cap), (width, n, side, column)  # and fills it
+        if n < min(3, boxes):  # no more columns would have been better
+            assert column < 1.8 * pictures.COLUMN * scale, (width, n, column)
+        assert n == 1 or column >= 0.6 * pictures.COLUMN * scale, (width, n, column)  # still readable
 
 
 def test_name_click_toggles_details_and_refresh_has_a_shortcut(addon):

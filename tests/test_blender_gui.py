@@ -135,6 +135,28 @@ DRIVER = textwrap.dedent(r'''
                 (bpy.ops.view2d.scroll_down if clicks > 0 else bpy.ops.view2d.scroll_up)()
         subprocess.run(["xdotool", "mousemove", "700", "500"], timeout=20)
 
+    def big_window():
+        return [r for r in S["big"].regions if r.type == "WINDOW"][0]
+
+    def scroll_big_to_charts():
+        """Scroll the wide Properties editor to its end (the operator stops there: the Metrics
+        History sub-panel), then a page and a bit back up, to the service boxes; then park
+        the pointer on the timeline (no tooltip)."""
+        w = bpy.context.window_manager.windows[0]
+        with bpy.context.temp_override(window=w, screen=w.screen, area=S["big"], region=big_window()):
+            for _ in range(120):
+                bpy.ops.view2d.scroll_down()
+            bpy.ops.view2d.scroll_up(page=True)
+            for _ in range(7):  # to the boxes' names
+                bpy.ops.view2d.scroll_up()
+        subprocess.run(["xdotool", "mousemove", "900", "1040"], timeout=20)
+
+    def charted_wide():
+        """ComfyUI's and RVC's charts are rendered at the size of the wide editor's columns."""
+        boxes = len(pictures.charted(state, runtime.RT.client))
+        size = pictures.side(big_window().width, bpy.context.preferences.system.ui_scale, boxes)
+        return all(pictures.icon(pictures.chart_key("trend", n, state.metrics_range, size)) for n in ("comfyui", "rvc"))
+
     def xdo_scroll_big(clicks):
         """Scroll the big Properties editor past Blender's own Scene panels."""
         a, h = S["big"], bpy.context.window_manager.windows[0].height
@@ -196,7 +218,8 @@ DRIVER = textwrap.dedent(r'''
         r = sidebar()
         note(step=step, file=name, overall=state.overall, online=state.online,
              services={s.name: s.state for s in state.services}, dirty=bpy.data.is_dirty,
-             sidebar=rect(r) if r else None, scale=bpy.context.preferences.system.ui_scale)
+             sidebar=rect(r) if r else None, scale=bpy.context.preferences.system.ui_scale,
+             big=rect(big_window()) if S["big"].type == "PROPERTIES" else None)
 
     HINT = "MD test hint: a modal tool's line, kept while the indicator changes"
 
@@ -331,6 +354,10 @@ DRIVER = textwrap.dedent(r'''
         ("scene-tab", lambda: time.time() > T["since"] + 0.5, scene_tab),
         ("scroll-wide", lambda: time.time() > T["since"] + 0.5, lambda: xdo_scroll_big(5)),
         ("drawn-wide", lambda: time.time() > T["since"] + 3.0, lambda: shot("blender-panels-wide.png")),
+        # Health Monitoring wide: its service boxes side by side, each chart as wide as its column.
+        ("charts-wide", lambda: True, scroll_big_to_charts),
+        ("charted-wide", lambda: charted_wide() and time.time() > T["since"] + 1.0, lambda: None),
+        ("drawn-dashboard-wide", lambda: time.time() > T["since"] + 1.5, lambda: shot("blender-dashboard-wide.png")),
         ("scale2", lambda: True, lambda: (wide(False), setattr(bpy.context.preferences.view, "ui_scale", 2.0))),
         ("top", lambda: time.time() > T["since"] + 0.5, lambda: scroll(-60)),
         ("drawn-scale2", lambda: time.time() > T["since"] + 3.0, lambda: shot("blender-panels-scale2.png")),
@@ -505,6 +532,14 @@ def test_panels_in_a_real_blender_window(tmp_path):
     dash = [d for d in drawn if d["panel"] == "health_dashboard" and d["space"] == "VIEW_3D"]
     assert any(d["services"].get("comfyui", {}).get("p95") not in (None, "—") and d["services"]["comfyui"]["chart"]
                for d in dash), "the sidebar's Health Monitoring never showed ComfyUI's chart"
+    # Wide (a Properties editor): the service boxes stand side by side and each chart fills
+    # its column, with no gap beside it.
+    wide = [d for d in drawn if d["panel"] == "health_dashboard" and d["space"] == "PROPERTIES"
+            and d["services"].get("comfyui", {}).get("chart") and d["services"].get("rvc", {}).get("chart")]
+    assert wide, "the wide editor's Health Monitoring never showed ComfyUI's and RVC's charts"
+    last = wide[-1]
+    column = (last["width"] - 44) / last["columns"] - 40
+    assert last["columns"] >= 2 and last["side"] >= 0.85 * min(column, 640), last
     # The Metrics History window: opened by its operator, rendered again at its new size,
     # one chart of every service, nothing of it in a saved file, gone when closed.
     assert steps["history-op"]["ops"] == ["FINISHED"] and steps["history-op"]["windows"] == 2
@@ -546,7 +581,14 @@ def test_panels_in_a_real_blender_window(tmp_path):
     assert widths["lines"] and all(w <= room for _text, w in widths["lines"]), (room, widths["lines"])
 
     shots = {s["file"]: s for s in results["steps"] if s["step"] == "screenshot"}
-    assert [s["overall"] for s in shots.values()] == ["YELLOW"] * 4 + ["RED", "OFFLINE"]
+    assert [s["overall"] for s in shots.values()] == ["YELLOW"] * 5 + ["RED", "OFFLINE"]
+    # On screen, the wide editor's charts are side by side: ComfyUI's orange p95 line in the
+    # first column, RVC's in the second.
+    left, top, right, bottom = shots["blender-dashboard-wide.png"]["big"]
+    col = (right - left) / last["columns"]
+    lines = [_count(out / "blender-dashboard-wide.png", (int(left + k * col), top, int(left + (k + 1) * col), bottom),
+                    ORANGE_LINE, tol=30) for k in range(2)]
+    assert min(lines) >= 50, lines
     up, down, offline = (out / n for n in ("blender-panels.png", "blender-comfyui-down.png",
                                             "blender-monitor-offline.png"))
     bar = shots["blender-panels.png"]["sidebar"]
