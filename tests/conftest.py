@@ -79,6 +79,19 @@ class Procs:
             stop_child(proc, grace=3.0)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the tail of every child's log: what a process said
+    (a port it could not bind, a traceback) is the evidence, and its tmp dir is gone in CI."""
+    outcome = yield
+    report = outcome.get_result()
+    procs = getattr(item, "funcargs", {}).get("procs")
+    if report.failed and isinstance(procs, Procs):
+        for proc in procs.children:
+            text = Path(proc.log_path).read_text(errors="replace")[-4000:]  # type: ignore[attr-defined]
+            report.sections.append((f"{Path(proc.log_path).name} (exit {proc.poll()})", text or "(empty)"))
+
+
 @pytest.fixture
 def procs(tmp_path):
     p = Procs(tmp_path)
