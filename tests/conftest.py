@@ -110,7 +110,15 @@ def wait_for(predicate, timeout: float = 10.0, client: MonitorClient | None = No
         value = predicate()
         if value:
             return value
-    raise AssertionError(f"condition not met within {timeout} s")
+    raise AssertionError(f"condition not met within {timeout} s" + (_seen(client) if client is not None else ""))
+
+
+def _seen(client: MonitorClient) -> str:
+    """What the client saw when a wait gave up: whether it is synced, and each service's
+    state with the error and liveness its probe last reported."""
+    services = "; ".join(f"{name} {s.get('state')} (error {s.get('error')!r}, liveness "
+                         f"{(s.get('details') or {}).get('liveness')})" for name, s in client.services.items())
+    return f"; the client is {client.state}, online {client.online}; services: {services or 'none'}"
 
 
 @pytest.fixture
