@@ -117,7 +117,8 @@ def step():
         result["phases"].setdefault(S.get("phase", "start"), round(time.monotonic() - START, 2))
         if time.monotonic() > DEADLINE:
             result["errors"].append(f"timed out in phase {S.get('phase')}: {len(result['draw_ms'])} redraws, "
-                                    f"services { {s.name: s.state for s in state.services} }")
+                                    f"services { {s.name: s.state for s in state.services} }; local monitor "
+                                    f"{state.monitor_state!r} ({state.monitor_note!r}); message {state.message!r}")
             return finish()
         phase = S.setdefault("phase", "start")
         if phase == "start":

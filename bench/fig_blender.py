@@ -155,7 +155,7 @@ def measure_draw(mode: Mode) -> Figure:
             raise RuntimeError(f"Blender wrote no result: {log.read_text(errors='replace')[-1500:]}")
         obs = json.loads(out.read_text())
         if obs["errors"]:
-            raise RuntimeError(obs["errors"][0][-1500:])
+            raise RuntimeError(f"{obs['errors'][0][-1500:]}\nBlender's log ends: {log.read_text(errors='replace')[-1500:]}")
     fig = Figure("blender_draw", 11, "Panel draw cost in a real Blender GUI",
                  target="median < 1 ms, max < 4 ms per full draw of all panels",
                  how=(f"Blender {obs['blender']} under Xvfb (software GL), 1920x1080, the 3D Viewport's sidebar "

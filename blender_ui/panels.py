@@ -68,11 +68,16 @@ def _narrow(context) -> bool:
 
 
 def _wrapped(layout, text, chars, icon="NONE"):
-    """Blender labels do not wrap: split long texts (errors, lists, paths) between words."""
+    """Blender labels do not wrap: split long texts (errors, lists, paths) between words.
+    Most fit on one line: that is one label, with no column around it."""
+    lines = view.wrap(text, chars)
+    first = _i(icon) if icon != "NONE" else "NONE"
+    if len(lines) == 1:
+        layout.label(text=lines[0], icon=first)
+        return
     col = layout.column(align=True)
-    for k, line in enumerate(view.wrap(text, chars)):
-        col.label(text=line, icon=_i(icon) if k == 0 and icon != "NONE" else "NONE")
-    return col
+    for k, line in enumerate(lines):
+        col.label(text=line, icon=first if k == 0 else "NONE")
 
 
 def _status(layout, kind, text, state, service="", tip=""):
@@ -107,6 +112,20 @@ def _picture(layout, context, key, side, waiting):
     row = layout.row()
     row.alignment = "CENTER"
     row.template_icon(icon_value=icon_id, scale=(side + 8) / (20 * _scale(context)))
+
+
+def _card(name, record, rng):
+    """The texts the timer built for this record (runtime.refresh_cards); for a record newer
+    than its last pass, or a range chosen a moment ago, built here and not kept."""
+    entry = RT.cards.get(name)
+    if entry is not None and entry[0] is record and entry[1] == rng:
+        return entry[2]
+    return view.card(record, rng)
+
+
+def _active_model(card) -> str:
+    p = prefs()
+    return (p.active_model if p else "") or card["active_model"]
 
 
 def _waiting(points: int) -> str:
@@ -151,9 +170,12 @@ class ConnectionStatus:
         if not state.online:
             rows = self.draw_offline(context, layout, state)
         else:
+            rng = state.metrics_range
             for item in state.services:
-                self.draw_service(context, layout, item, records.get(item.name), chars)
-            self.draw_llm(context, layout, state, records.get(view.LLM))
+                record = records.get(item.name)
+                self.draw_service(context, layout, item, record, _card(item.name, record, rng), chars)
+            record = records.get(view.LLM)
+            self.draw_llm(context, layout, state, record, _card(view.LLM, record, rng)["llm"])
             if state.monitor_state in ("running", "degraded", "starting"):
                 row = layout.row()
                 row.operator("movie_director.stop_monitor", icon=_i("PAUSE"))
@@ -249,7 +271,7 @@ class ConnectionStatus:
                  _chars(context), "ERROR")
         layout.operator("movie_director.start_monitor", text="Restart What Exited", icon=_i("PLAY"))
 
-    def draw_service(self, context, layout, item, record, chars):
+    def draw_service(self, context, layout, item, record, card, chars):
         box = layout.box()
         _, words, _ = view.STATES.get(item.state, view.STATES["unknown"])
         badge = ("Required", "LOCKED") if item.required else ("Optional", "UNLOCKED")
@@ -279,7 +301,7 @@ class ConnectionStatus:
                 col.label(text=f"Checked {when}", icon=_i("TIME"))
             else:
                 col.label(text=f"{item.version or view.DASH}, checked {when}", icon=_i("TIME"))
-            caps = view.capabilities_text(record)
+            caps = card["capabilities"]
             if caps != view.DASH:
                 _wrapped(col, caps, chars)
         else:
@@ -293,18 +315,14 @@ class ConnectionStatus:
                 if len(lines) > 3:
                     err.label(text="(more in the details)")
         if item.show_details:
-            self.draw_details(box, item, record, chars)
+            self.draw_details(box, item, card, chars)
 
-    def draw_details(self, box, item, record, chars):
+    def draw_details(self, box, item, card, chars):
         col = box.column(align=True)
-        _wrapped(col, f"URL: {(record or {}).get('url') or view.DASH}", chars)
+        _wrapped(col, card["url"], chars)
         col.label(text=f"Version: {item.version or view.DASH}")
         col.label(text=f"Required: {'yes' if item.required else 'no (optional)'}")
-        for line_text in view.devices_lines(record) or [f"Devices: {view.DASH}"]:
-            _wrapped(col, line_text, chars)
-        _wrapped(col, f"Queue: {view.queue_text(record)}", chars)
-        _wrapped(col, f"Job time: {view.job_time_text(record)}", chars)
-        for line_text in view.resources_lines(record):
+        for line_text in card["details"] + card["resources"]:
             _wrapped(col, line_text, chars)
         if item.error and item.state not in view.UP:
             err = col.column(align=True)
@@ -314,9 +332,7 @@ class ConnectionStatus:
             row.alignment = "LEFT"
             row.operator("movie_director.copy_error", text="Copy Error", icon=_i("COPYDOWN")).service = item.name
 
-    def draw_llm(self, context, layout, state, record):
-        p = prefs()
-        llm = view.llm_view(record, p.active_model if p else "")
+    def draw_llm(self, context, layout, state, record, llm):
         box = layout.box()
         if _narrow(context):
             name, sub = box.row(), box.row()
@@ -342,14 +358,13 @@ class ConnectionStatus:
             else:
                 _wrapped(col, "No API key set: open for how to set one", _chars(context), "INFO")
         if llm["configured"]:
-            col.label(text=f"Active model: {llm['active_model']}")
-            col.label(text=f"Models available: {view.count(llm['model_count'])}")
+            col.label(text=f"Active model: {_active_model(llm)}")
+            col.label(text=f"Models available: {llm['model_count']}")
         if state.show_llm_details:
-            for name, pstate, error in llm["providers"]:
+            for text, trouble in llm["providers"]:
                 r = col.column(align=True)
-                r.alert = pstate in view.PROVIDER_TROUBLE
-                _wrapped(r, f"{name}: {pstate.replace('_', ' ')}" + (f" ({view.plain(error)})" if error else ""),
-                         _chars(context))
+                r.alert = trouble
+                _wrapped(r, text, _chars(context))
         if llm["models"]:
             row = box.row()
             row.prop(state, "show_models", emboss=False, icon=_i("TRIA_DOWN" if state.show_models else "TRIA_RIGHT"),
@@ -384,38 +399,35 @@ class HealthDashboard:
         n = pictures.columns(context.region.width, _scale(context), len(boxes))
         grid = layout.grid_flow(row_major=True, columns=n, even_columns=True) if n > 1 else layout
         shown = {}
+        cards = {item.name: _card(item.name, client.services[item.name], rng) for item in state.services
+                 if item.name in client.services}
         for item in boxes:
-            record = client.services[item.name]
-            stats = view.stats_for(record, rng)
+            card = cards[item.name]
             box = grid.box()
             box.label(text=item.label, **pictures.state_icon_args(item.state))
-            p95, rate = stats.get("p95_ms"), stats.get("success_rate")
+            p95, rate = card["p95_ms"], card["success_rate"]
             # Label and value columns, plain labels: a redraw lays out dozens of these, so
             # each costs one call (the thresholds are in their own section, with words).
             split = box.split(factor=0.35)
             names, values = split.column(align=True), split.column(align=True)
-            slow = isinstance(p95, (int, float)) and p95 > th["p95_ms"]
-            failing = isinstance(rate, (int, float)) and rate < th["success"]
-            for name, value, bad in (
-                    ("p95", view.ms(p95), slow),
-                    ("Average", view.ms(stats.get("avg_ms")), False),
-                    ("Success", view.pct(rate), failing),
-                    ("Uptime", view.pct(view.uptime_for(record, rng), 2), False),
-                    ("Queue", view.queue_text(record, reason=False), False),
-                    ("Job time", view.job_time_short(record), False),
-                    *((n, v, False) for n, v in view.state_time_rows(stats))):
+            bad = {"p95": p95 is not None and p95 > th["p95_ms"],
+                   "Success": rate is not None and rate < th["success"]}
+            for name, value in card["figures"]:
                 names.label(text=name)
-                values.label(text=value, icon="ERROR" if bad else "NONE")
+                values.label(text=value, icon="ERROR" if bad.get(name) else "NONE")
             col = box.column(align=True)
-            for line_text in view.resources_lines(record):
+            for line_text in card["resources"]:
                 _wrapped(col, line_text, chars)
             key = pictures.chart_key("trend", item.name, rng, side)
             _picture(box, context, key, side, _waiting(pictures.points(key)))
-            shown[item.name] = {"p95": view.ms(p95), "success": view.pct(rate), "chart": bool(pictures.icon(key))}
+            shown[item.name] = {"p95": card["compare"]["p95"], "success": card["compare"]["success"],
+                                "chart": bool(pictures.icon(key))}
 
-        self.draw_llm_usage(layout, client.services.get(view.LLM))
+        record = client.services.get(view.LLM)
+        if record is not None:
+            self.draw_llm_usage(layout, _card(view.LLM, record, rng)["llm"])
         self.draw_thresholds(layout, state)
-        self.draw_compare(context, layout, state, client, rng)
+        self.draw_compare(context, layout, state, cards, rng)
         row = layout.row()
         op = row.operator("movie_director.export_metrics", icon=_i("EXPORT"))
         op.range = rng if rng != "5m" else "1h"
@@ -440,19 +452,14 @@ class HealthDashboard:
             sub.alert = True
             _wrapped(sub, view.plain(str(alert.get("message") or alert.get("name"))), _chars(context, 2), "ERROR")
 
-    def draw_llm_usage(self, layout, record):
-        if record is None:
-            return
-        usage = view.llm_usage(record)
-        p = prefs()
-        llm = view.llm_view(record, p.active_model if p else "")
+    def draw_llm_usage(self, layout, llm):
         box = layout.box()
         box.label(text="Language Models", icon=_i("TEXT"))
         col = box.column(align=True)
-        col.label(text=f"Active model: {llm['active_model']}")
-        col.label(text=f"Tokens used: {view.count(usage['total_tokens'])}, cost {view.money(usage['cost_usd'])}")
-        for model, tokens, latency, cost, _req in usage["models"]:
-            col.label(text=f"  {model}: {view.count(tokens)} tokens, {view.ms(latency)}, {view.money(cost)}")
+        col.label(text=f"Active model: {_active_model(llm)}")
+        col.label(text=llm["usage"])
+        for line_text in llm["usage_models"]:
+            col.label(text=line_text)
 
     def draw_thresholds(self, layout, state):
         box = layout.box()
@@ -467,7 +474,7 @@ class HealthDashboard:
             op = box.operator("preferences.addon_show", text="Edit in Preferences", icon=_i("PREFERENCES"))
             op.module = __package__
 
-    def draw_compare(self, context, layout, state, client, rng):
+    def draw_compare(self, context, layout, state, cards, rng):
         box = layout.box()
         box.label(text=f"Compare ({rng})", icon=_i("SORTSIZE"))
         narrow = _narrow(context)  # a sidebar has room for three columns, whole numbers
@@ -475,14 +482,11 @@ class HealthDashboard:
         col = box.column(align=True)
         rows = [heads]
         for item in state.services:
-            record = client.services.get(item.name)
-            if record is None:
+            if item.name not in cards:
                 continue
-            stats = view.stats_for(record, rng)
-            cells = [item.label, view.ms(stats.get("p95_ms"))]
-            if not narrow:
-                cells.append(view.pct(stats.get("success_rate")))
-            rows.append(cells + [view.pct(view.uptime_for(record, rng), 0 if narrow else 1)])
+            figures = cards[item.name]["compare"]
+            rows.append((item.label, figures["p95"], figures["uptime_short"]) if narrow else
+                        (item.label, figures["p95"], figures["success"], figures["uptime"]))
         for cells in rows:
             split = col.split(factor=0.42)  # the names need the room, the figures are short
             split.label(text=cells[0])

@@ -70,7 +70,8 @@ def run_tick(client, wm) -> bool:
     if changed:
         _sample(client)
         sync(getattr(wm, STATE), client)
-        if panels_visible(wm):  # nobody looks: no pictures to render
+        if panels_visible(wm):  # nobody looks: no texts to build, no pictures to render
+            refresh_cards(client)
             pictures.update(wm)
         history_window.update(wm)  # only while its window is open
         tag_redraw(wm)
@@ -90,6 +91,14 @@ def _sample(client) -> None:
             buf = RT.samples[name] = deque(maxlen=LOCAL_SAMPLES)
         if t and (not buf or buf[-1][0] != t):
             buf.append((t, stats.get("p50_ms"), stats.get("p95_ms"), stats.get("success_rate")))
+
+
+def refresh_cards(client) -> None:
+    """Build the panels' texts (view.card) for each record that is new since the last call,
+    or for every record after the artist chose another range; keep the others as they are."""
+    old, rng = RT.cards, RT.range
+    RT.cards = {name: entry if (entry := old.get(name)) is not None and entry[0] is rec and entry[1] == rng
+                else (rec, rng, view.card(rec, rng)) for name, rec in client.services.items()}
 
 
 # -- mirroring ----------------------------------------------------------------------------------
@@ -210,6 +219,7 @@ def housekeeping(wm) -> None:
     changed = sync(state, client)
     changed |= RT.discovery.poll()  # Find Backends' child: collected once it has exited
     if panels_visible(wm):
+        refresh_cards(client)  # a range chosen since the last change
         changed |= pictures.update(wm)
     history_window.update(wm)  # the time axis moves; the artist may have closed the window
     if changed or (client.online and client.services):

@@ -32,6 +32,7 @@ class Runtime:
         self.discovery = Discovery()         # Find Backends: its child and its last answer
         self.written: dict[Any, Any] = {}    # what the timer last wrote, to skip unchanged values
         self.samples: dict[str, deque] = {}  # a local trend per service (no aggregator history yet)
+        self.cards: dict[str, tuple] = {}    # service -> (record, range, view.card): the panels' texts
         self.range = "5m"
         self.next_second = 0.0               # monotonic time of the next once-a-second pass
         self.next_history = 0.0              # monotonic time of the next history request

@@ -400,3 +400,46 @@ def history_series(history: dict[str, Any], name: str, rng: str) -> dict[str, li
     cols = {k: list(series[k]) for k in HISTORY_COLUMNS if isinstance(series.get(k), list)}
     n = max((len(v) for v in cols.values()), default=0)
     return {"t": [series["t0"] + k * step for k in range(n)], **cols}
+
+
+
+# -- cards: every text a panel shows for one service, built once per record ---------------------
+def card(record: dict[str, Any] | None, rng: str) -> dict[str, Any]:
+    """What both panels show for one service record over a range, as ready texts. The
+    timer builds it when the record changes (the client replaces a record on each update),
+    so a redraw, which comes far more often (hover, scroll, the moving "ago" texts), only
+    lays out strings. The raw p95 and success rate stay numbers: the alert thresholds
+    (preferences) are compared at draw time."""
+    stats = stats_for(record, rng)
+    p95, rate, up = stats.get("p95_ms"), stats.get("success_rate"), uptime_for(record, rng)
+    return {
+        "p95_ms": p95 if _num(p95) else None,
+        "success_rate": rate if _num(rate) else None,
+        "figures": (("p95", ms(p95)), ("Average", ms(stats.get("avg_ms"))), ("Success", pct(rate)),
+                    ("Uptime", pct(up, 2)), ("Queue", queue_text(record, reason=False)),
+                    ("Job time", job_time_short(record)), *state_time_rows(stats)),
+        "compare": {"p95": ms(p95), "success": pct(rate), "uptime": pct(up, 1), "uptime_short": pct(up, 0)},
+        "resources": tuple(resources_lines(record)),
+        "capabilities": capabilities_text(record),
+        "url": f"URL: {(record or {}).get('url') or DASH}",
+        "details": (*(devices_lines(record) or [f"Devices: {DASH}"]), f"Queue: {queue_text(record)}",
+                    f"Job time: {job_time_text(record)}"),
+        "llm": llm_card(record),
+    }
+
+
+def llm_card(record: dict[str, Any] | None) -> dict[str, Any]:
+    """The language-model texts of both panels. The active model is the monitor's; the
+    add-on's preference, when set, is put in front of it at draw time."""
+    llm, usage = llm_view(record), llm_usage(record)
+    return {
+        "configured": llm["configured"],
+        "active_model": llm["active_model"],
+        "model_count": count(llm["model_count"]),
+        "models": tuple(llm["models"]),
+        "providers": tuple((f"{name}: {state.replace('_', ' ')}" + (f" ({plain(error)})" if error else ""),
+                            state in PROVIDER_TROUBLE) for name, state, error in llm["providers"]),
+        "usage": f"Tokens used: {count(usage['total_tokens'])}, cost {money(usage['cost_usd'])}",
+        "usage_models": tuple(f"  {model}: {count(tokens)} tokens, {ms(latency)}, {money(cost)}"
+                              for model, tokens, latency, cost, _req in usage["models"]),
+    }

@@ -405,6 +405,38 @@ def test_charts_render_in_the_timer_once_history_exists(addon, procs):
         # (icon ids exist only with a GUI: the GUI test sees the picture on screen)
 
 
+def test_the_timer_formats_each_new_record_once_and_a_redraw_only_reads(addon, procs):
+    """The panels' texts are built in the timer when a record changes (runtime.refresh_cards),
+    not on every redraw: an unchanged record keeps its card, a new one or another range
+    gets a fresh card, and each card says what view.card says of its record."""
+    runtime = addon
+    from blender_ui import view
+
+    _sidebar_open()
+    with FakeComfyUI() as fake:
+        procs.probe("comfyui", "--url", fake.url, "--interval", "0.2")
+        procs.aggregator()
+        tick_until(runtime, lambda: item("comfyui") and item("comfyui").state == "connected", timeout=30)
+        client, rt = runtime.RT.client, runtime.RT
+        tick_until(runtime, lambda: "comfyui" in rt.cards and rt.cards["comfyui"][2]["p95_ms"] is not None)
+        record, rng, card = rt.cards["comfyui"]
+        assert rng == "5m" and card == view.card(record, "5m")
+        built = rt.cards["comfyui"]
+        runtime.refresh_cards(client)  # nothing new: the same card, not a rebuilt one
+        assert rt.cards["comfyui"] is built
+        seen = record
+        tick_until(runtime, lambda: client.services["comfyui"] is not seen)  # the probe's next status
+        assert rt.cards["comfyui"][0] is client.services["comfyui"], "the tick that took a record built its card"
+        state().metrics_range = "1h"
+        runtime.refresh_cards(client)
+        assert rt.cards["comfyui"][1] == "1h"
+        assert rt.cards["comfyui"][2] == view.card(client.services["comfyui"], "1h")
+        state().metrics_range = "5m"
+        client.services.pop("comfyui")  # the monitor expired it: its card goes with it
+        runtime.refresh_cards(client)
+        assert "comfyui" not in rt.cards
+
+
 def test_a_tick_renders_within_its_pixel_budget_and_no_chart_starves(addon, procs, monkeypatch):
     """The timer renders the stalest pictures first, within its pixel budget (one picture
     at least): with room for one per tick, every chart still gets its turn, again and

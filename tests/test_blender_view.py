@@ -293,3 +293,30 @@ def test_time_in_other_states_shows_only_what_happened():
     assert view.state_time_rows({"down_s": 3 * 3600.0}) == [("Down", _nb("3.0 h"))]
     assert view.state_time_rows({"loading_s": float("nan"), "down_s": "x"}) == []
     assert view.state_time_rows(None) == []
+
+
+def test_a_card_holds_every_text_of_both_panels_for_one_record():
+    """The timer formats a record once (view.card); a redraw only lays the texts out."""
+    record = {"url": "http://127.0.0.1:8188", "capabilities": ["image_generation", "workflows"],
+              "windows": {"1h": {"p95_ms": 620.0, "avg_ms": 240.0, "success_rate": 0.97, "down_s": 120}},
+              "uptime": {"1h": 0.9876}, "details": {"queue_running": 1, "queue_waiting": 2}}
+    card = view.card(record, "1h")
+    assert card["p95_ms"] == 620.0 and card["success_rate"] == 0.97  # numbers: thresholds compare at draw time
+    assert dict(card["figures"]) == {"p95": _nb("620 ms"), "Average": _nb("240 ms"), "Success": _nb("97.0 %"),
+                                     "Uptime": _nb("98.76 %"), "Queue": "1 running, 2 waiting", "Job time": "—",
+                                     "Down": _nb("2 min")}
+    assert card["compare"] == {"p95": _nb("620 ms"), "success": _nb("97.0 %"), "uptime": _nb("98.8 %"),
+                               "uptime_short": _nb("99 %")}
+    assert card["capabilities"] == "image generation, workflows" and card["url"] == "URL: http://127.0.0.1:8188"
+    assert "Queue: 1 running, 2 waiting" in card["details"] and card["resources"] == ("Resources: —",)
+    # Another range of the same record: its own figures; a record from nowhere: dashes, never 0.
+    assert dict(view.card(record, "5m")["figures"])["p95"] == "—"
+    empty = view.card(None, "5m")
+    assert empty["p95_ms"] is None and {v for _, v in empty["figures"]} == {"—"}
+    llm = view.card({"details": {"active_model": "m", "providers": {
+        "anthropic": {"configured": True, "state": "spend_limit", "error": "`spend` limit", "model_count": 2}}},
+        "usage": {"total_tokens": 30, "cost_usd": 0.01, "by_model": {"a": {"tokens_in": 10, "tokens_out": 20}}}},
+        "5m")["llm"]
+    assert llm["configured"] and llm["active_model"] == "m" and llm["model_count"] == "2"
+    assert llm["providers"] == (("anthropic: spend limit (spend limit)", True),)  # markup gone, trouble flagged
+    assert llm["usage"] == "Tokens used: 30, cost $0.0100" and llm["usage_models"] == ("  a: 30 tokens, —, —",)
