@@ -5,15 +5,16 @@ Started by bench/fig_blender.py (`measure_draw`) as Blender's start-up script, w
 MD_HEALTH_DRAW_TIMING set, so the add-on times each draw() of its panels (blender_ui/
 instrument.py) and sums the draws of one full redraw of a region. It starts the local
 monitor with the add-on's own operator against fake backends (four backends and the
-language models: five services), opens the 3D Viewport's sidebar on the Movie Director tab
-and its Health Monitoring panel by clicking them (xdotool), waits until every service has
-a chart, and then records the natural redraws (the timer tags one whenever the status
-changes) until it has enough. Beside each full draw of the panels it records Blender's own
+language models: five services; the bench runs the fakes as processes of their own, so
+Blender's process holds only the add-on, as an artist's does), opens the 3D Viewport's
+sidebar on the Movie Director tab and its Health Monitoring panel by clicking them
+(xdotool), waits until every service has a chart, and then records the natural redraws
+(the timer tags one whenever the status changes) until it has enough. Beside each full draw of the panels it records Blender's own
 time for that redraw of the sidebar: from the first panel's draw() to the region's
 POST_PIXEL callback (layout, the add-on's draw() and the GPU drawing of the region).
 
     blender --factory-startup start.blend --python bench/blender_draw.py
-    env: MD_BENCH_ROOT, MD_BENCH_OUT (JSON), MD_BENCH_REDRAWS, MD_BENCH_TIMEOUT, ports
+    env: MD_BENCH_ROOT, MD_BENCH_OUT (JSON), MD_BENCH_REDRAWS, MD_BENCH_TIMEOUT
 """
 import json
 import os
@@ -43,12 +44,6 @@ def quit_now():
 
 
 try:
-    from tests.fakes.comfyui import FakeComfyUI
-    from tests.fakes.gradio import FakeGradio
-
-    fakes = [FakeComfyUI(int(os.environ["MD_BENCH_PORT_COMFYUI"])).start()]
-    fakes += [FakeGradio(name, int(os.environ[f"MD_BENCH_PORT_{name.upper()}"])).start()
-              for name in ("wan2gp", "rvc", "audioldm")]
     addon_utils.enable("blender_ui", default_set=True, handle_error=None)
     prefs = bpy.context.preferences.addons["blender_ui"].preferences
     prefs.events, prefs.snapshots, prefs.requests = (os.environ["MD_HEALTH_EVENTS"], os.environ["MD_HEALTH_SNAPSHOTS"],

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -472,6 +473,22 @@ def _run_blender(tmp_path, out, env, timeout):
     return log
 
 
+def _results(out, log) -> dict:
+    """The driver's results, or a failure that says where Blender stopped if it did not
+    reach the driver's last step (a crash: the last step noted, the log's tail and the crash
+    report Blender writes into the temp directory, which names the C and Python stacks)."""
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {"steps": [], "errors": []}
+    if results["errors"] or any(s["step"] == "finish" for s in results["steps"]):
+        return results
+    last = results["steps"][-1]["step"] if results["steps"] else "none (before the driver's first step)"
+    began = (log.parent / "driver.py").stat().st_mtime  # not a report left by an earlier run
+    crash = "".join(f"\n--- {p}:\n{p.read_text(errors='replace')[-3000:]}"
+                    for p in Path(tempfile.gettempdir()).glob("start.crash.txt") if p.stat().st_mtime >= began)
+    pytest.fail(f"Blender ended before the driver finished; its last step was {last!r}.\n"
+                f"--- {log.name} ends:\n{log.read_text(errors='replace')[-3000:]}{crash}")
+
+
 @pytest.mark.skipif(not (BLENDER and XVFB_RUN and XDOTOOL),
                     reason="needs Debian's blender, xvfb and xdotool (.ci/run installs them)")
 @pytest.mark.timeout(int(420 + 1.5 * TRAFFIC))
@@ -503,7 +520,7 @@ def test_panels_in_a_real_blender_window(tmp_path):
            "MD_HEALTH_SNAPSHOTS": f"tcp://127.0.0.1:{free_port()}",
            "MD_HEALTH_REQUESTS": f"tcp://127.0.0.1:{free_port()}"}
     log = _run_blender(tmp_path, out, env, timeout=360 + traffic)
-    results = json.loads((out / "results.json").read_text())
+    results = _results(out, log)
     assert not results["errors"], results["errors"][0] + log.read_text()[-3000:]
     steps = {s["step"]: s for s in results["steps"]}
     assert steps["start-op"]["ops"] == ["FINISHED"]
