@@ -95,10 +95,14 @@ def _sample(client) -> None:
 
 def refresh_cards(client) -> None:
     """Build the panels' texts (view.card) for each record that is new since the last call,
-    or for every record after the artist chose another range; keep the others as they are."""
+    or for every record after the artist chose another range; keep the others as they are.
+    Every service the panels show has a card, one the monitor has not reported (no record)
+    and the language models too."""
     old, rng = RT.cards, RT.range
     RT.cards = {name: entry if (entry := old.get(name)) is not None and entry[0] is rec and entry[1] == rng
-                else (rec, rng, view.card(rec, rng)) for name, rec in client.services.items()}
+                else (rec, rng, view.card(rec, rng))
+                for name in (*view.service_names(client.services), view.LLM)
+                for rec in (client.services.get(name),)}
 
 
 # -- mirroring ----------------------------------------------------------------------------------

@@ -432,9 +432,16 @@ def test_the_timer_formats_each_new_record_once_and_a_redraw_only_reads(addon, p
         assert rt.cards["comfyui"][1] == "1h"
         assert rt.cards["comfyui"][2] == view.card(client.services["comfyui"], "1h")
         state().metrics_range = "5m"
-        client.services.pop("comfyui")  # the monitor expired it: its card goes with it
+        # A service the monitor has not reported (Wan2GP here) and the language models have
+        # their cards too: a redraw builds none.
         runtime.refresh_cards(client)
-        assert "comfyui" not in rt.cards
+        unreported = rt.cards["wan2gp"]
+        assert unreported[0] is None and unreported[2] == view.card(None, "5m")
+        runtime.refresh_cards(client)
+        assert rt.cards["wan2gp"] is unreported and view.LLM in rt.cards
+        client.services.pop("comfyui")  # the monitor expired it: its card says so
+        runtime.refresh_cards(client)
+        assert rt.cards["comfyui"][0] is None and rt.cards["comfyui"][2] == view.card(None, "5m")
 
 
 def test_a_tick_renders_within_its_pixel_budget_and_no_chart_starves(addon, procs, monkeypatch):
