@@ -178,7 +178,8 @@ def update(wm) -> bool:
     todo = []
     names = [item.name for item in state.services if item.name in client.services]
     series = {name: service_series(name, rng) for name in names}
-    for size, big in sorted(_sizes(wm, len(charted(state, client)))):
+    boxed = [item.name for item in charted(state, client)]  # a trend chart only where a box shows it
+    for size, big in sorted(_sizes(wm, len(boxed))):
         # The time axis moves by one step every ~4 px of the picture.
         moved = int(now / max(1.0, seconds / max(1, size / 4)))
         if big:
@@ -192,7 +193,8 @@ def update(wm) -> bool:
                 todo.append((key, sig, size, lambda rows=rows, size=size: charts.compare_chart(
                     rows, span, size, scale, limit)))
             continue
-        for name, s in series.items():
+        for name in boxed:
+            s = series[name]
             t = s.get("t") or []
             key = chart_key("trend", name, rng, size)
             n = charts.enough(t, s.get("p95_ms") or [], span)

@@ -472,6 +472,37 @@ def test_a_tick_renders_within_its_pixel_budget_and_no_chart_starves(addon, proc
         tick_until(runtime, counted, timeout=90)
 
 
+def test_only_the_services_with_a_box_get_a_trend_chart_rendered(addon, procs):
+    """Health Monitoring draws a box (and its trend chart) only for a service that answers:
+    once ComfyUI is down, the timer stops rendering its trend chart while its history,
+    which the Metrics History chart still shows, keeps growing."""
+    runtime = addon
+    from blender_ui import pictures
+
+    _sidebar_open()
+    with FakeComfyUI() as fake:
+        procs.probe("comfyui", "--url", fake.url, "--interval", "0.2")
+        procs.aggregator()
+        trend = lambda: {k: t for k, t in pictures._rendered.items() if k.startswith("trend.comfyui.")}  # noqa: E731
+        tick_until(runtime, lambda: trend() and item("comfyui").state == "connected", timeout=30)
+        fake.go_down()
+        tick_until(runtime, lambda: item("comfyui").state in ("disconnected", "error"), timeout=30)
+        before = trend()
+        # The Metrics History chart, which has ComfyUI's failing checks in it, is rendered
+        # again twice meanwhile: the timer did render the new data (and a moved time axis).
+        history = lambda: {k: t for k, t in pictures._rendered.items() if k.startswith("history.")}  # noqa: E731
+        renders, last = [0], history()
+
+        def history_rendered_twice():
+            nonlocal last
+            if history() != last:
+                renders[0], last = renders[0] + 1, history()
+            return renders[0] >= 2
+
+        tick_until(runtime, history_rendered_twice, timeout=40)
+        assert trend() == before, "the timer re-rendered the trend chart of a service that has no box"
+
+
 def test_a_chart_with_too_little_data_says_so(addon):
     from blender_ui import pictures
     assert pictures.icon(pictures.chart_key("trend", "comfyui", "5m", 256)) == 0
