@@ -8,7 +8,8 @@ behind others that change on every tick. `draw()` only looks pictures up by key:
 never renders.
 
 A picture is rendered at the pixel size it is shown at (see `side()`), per region width,
-so its text is crisp in a narrow sidebar, a wide editor and at UI scale 2.
+so its text is crisp in a narrow sidebar, a wide editor and at UI scale 2. Only the
+pictures some panel can show now are kept (`_forget`).
 """
 from __future__ import annotations
 
@@ -175,7 +176,7 @@ def update(wm) -> bool:
     span = (now - seconds, now)
     scale = ui_scale()
     limit = RT.thresholds["p95_ms"]
-    todo = []
+    todo, wanted = [], set()
     names = [item.name for item in state.services if item.name in client.services]
     series = {name: service_series(name, rng) for name in names}
     boxed = [item.name for item in charted(state, client)]  # a trend chart only where a box shows it
@@ -187,6 +188,7 @@ def update(wm) -> bool:
                     for n, s in series.items()]
             rows = [r for r in rows if charts.enough(r[1], r[2], span) >= MIN_POINTS]
             key = chart_key("history", "all", rng, size)
+            wanted.add(key)
             _points[key] = len(rows)
             sig = (moved, limit, tuple((r[0], len(r[1]), r[1][-1] if r[1] else None) for r in rows))
             if rows and _signatures.get(key) != sig:
@@ -197,6 +199,7 @@ def update(wm) -> bool:
             s = series[name]
             t = s.get("t") or []
             key = chart_key("trend", name, rng, size)
+            wanted.add(key)
             n = charts.enough(t, s.get("p95_ms") or [], span)
             _points[key] = n
             sig = (moved, limit, len(t), t[-1] if t else None)
@@ -204,6 +207,7 @@ def update(wm) -> bool:
                 todo.append((key, sig, size, lambda s=s, t=t, size=size: charts.response_chart(
                     t, s.get("p50_ms") or [], s.get("p95_ms") or [], s.get("success_rate") or [], span, size,
                     scale, limit)))
+    _forget(wanted)
     todo.sort(key=lambda job: _rendered.get(job[0], -1.0))
     spent = 0
     for key, sig, size, render in todo:
@@ -214,3 +218,16 @@ def update(wm) -> bool:
         _signatures[key] = sig
         _rendered[key] = time.monotonic()
     return bool(todo)
+
+
+def _forget(wanted: set[str]) -> None:
+    """Drop every chart no panel can show now (another width, range or service): dragging
+    a sidebar's edge would otherwise keep a picture of up to 640x640 px per width passed."""
+    for key in {*_pcoll.keys(), *_points} - wanted:
+        if key.startswith("state."):
+            continue
+        if key in _pcoll:
+            del _pcoll[key]  # releases the preview (dict.pop would not)
+        _signatures.pop(key, None)
+        _points.pop(key, None)
+        _rendered.pop(key, None)

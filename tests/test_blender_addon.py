@@ -503,6 +503,30 @@ def test_only_the_services_with_a_box_get_a_trend_chart_rendered(addon, procs):
         assert trend() == before, "the timer re-rendered the trend chart of a service that has no box"
 
 
+def test_dragging_the_sidebar_edge_keeps_only_the_charts_of_the_current_width(addon, procs, monkeypatch):
+    """A chart is rendered per width it is shown at; the widths an artist drags a sidebar
+    through leave nothing behind (a 640 px chart is 3 MB of preview pixels, twice)."""
+    runtime = addon
+    from blender_ui import pictures
+
+    _sidebar_open()
+    widths = iter(range(300, 620, 24))  # 14 widths, each a new chart size
+    now = {"w": next(widths)}
+    monkeypatch.setattr(pictures, "_sizes", lambda wm, boxes: {
+        (pictures.side(now["w"], 1.0, boxes), False), (pictures.history_side(now["w"], 1.0), True)})
+    with FakeComfyUI() as fake:
+        procs.probe("comfyui", "--url", fake.url, "--interval", "0.2")
+        procs.aggregator()
+        charts = lambda: sorted(k for k in pictures._pcoll if not k.startswith("state."))  # noqa: E731
+        expected = lambda: sorted({pictures.chart_key("trend", "comfyui", "5m", pictures.side(now["w"], 1.0, 1)),  # noqa: E731
+                                   pictures.chart_key("history", "all", "5m", pictures.history_side(now["w"], 1.0))})
+        for w in widths:
+            tick_until(runtime, lambda: charts() == expected(), timeout=30)
+            now["w"] = w
+        tick_until(runtime, lambda: charts() == expected(), timeout=30)
+        assert set(pictures._points) <= set(expected()) and set(pictures._signatures) <= set(expected())
+
+
 def test_a_chart_with_too_little_data_says_so(addon):
     from blender_ui import pictures
     assert pictures.icon(pictures.chart_key("trend", "comfyui", "5m", 256)) == 0
