@@ -30,7 +30,7 @@ OUT = os.environ["MD_BENCH_OUT"]
 WANT = int(os.environ.get("MD_BENCH_REDRAWS", "300"))
 DEADLINE = time.monotonic() + float(os.environ.get("MD_BENCH_TIMEOUT", "240"))
 START = time.monotonic()
-result = {"errors": [], "draw_ms": [], "frame_ms": [], "blender": bpy.app.version_string, "phases": {}}
+result = {"errors": [], "draw_ms": [], "frame_ms": [], "draw_cpu_ms": [], "blender": bpy.app.version_string, "phases": {}}
 S = {"draws": 0}
 
 
@@ -86,6 +86,7 @@ def post_pixel():
     if got is not None and S.get("phase") == "measure":
         result["draw_ms"].append(got[0] * 1000)
         result["frame_ms"].append(got[1] * 1000)
+        result["draw_cpu_ms"].append(got[2] * 1000)
 
 
 def panels_here():

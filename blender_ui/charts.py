@@ -164,11 +164,9 @@ def columns(times: Sequence, values: Sequence, span: tuple[float, float], w: int
     out = np.full(w, np.nan, dtype=np.float64)
     if t1 <= t0:
         return out
-    pairs = [(t, v) for t, v in zip(times, values) if _finite(t) and _finite(v) and t0 <= t <= t1]
-    if not pairs:
+    ts, vs = _inside(times, values, span)
+    if not len(ts):
         return out
-    ts = np.array([p[0] for p in pairs])
-    vs = np.array([p[1] for p in pairs], dtype=np.float64)
     xs = np.minimum(w - 1, ((ts - t0) / (t1 - t0) * w).astype(int))
     if reduce is max:
         np.fmax.at(out, xs, vs)
@@ -179,8 +177,30 @@ def columns(times: Sequence, values: Sequence, span: tuple[float, float], w: int
 
 def enough(times: Sequence, values: Sequence, span: tuple[float, float]) -> int:
     """How many points of `values` fall inside the span (a chart needs two)."""
-    t0, t1 = span
-    return sum(1 for t, v in zip(times, values) if _finite(t) and _finite(v) and t0 <= t <= t1)
+    return len(_inside(times, values, span)[0])
+
+
+_PLAIN = {float, int, type(None)}
+
+
+def _floats(seq: Sequence) -> np.ndarray:
+    """A series as floats, NaN for a gap (None) or anything that is not a number (a bool or
+    a string too, which numpy would take as one). A plain series, floats and gaps, numpy
+    converts at C speed; only one with something odd in it is walked value by value."""
+    if {type(v) for v in seq} <= _PLAIN:
+        try:
+            return np.asarray(seq, dtype=np.float64)  # None becomes NaN
+        except OverflowError:  # an int too large for a float
+            pass
+    return np.array([float(v) if _finite(v) else np.nan for v in seq], dtype=np.float64)
+
+
+def _inside(times: Sequence, values: Sequence, span: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The (time, value) pairs with both finite and the time inside the span, as arrays."""
+    n = min(len(times), len(values))
+    ts, vs = _floats(times[:n]), _floats(values[:n])
+    keep = np.isfinite(ts) & np.isfinite(vs) & (ts >= span[0]) & (ts <= span[1])
+    return ts[keep], vs[keep]
 
 
 def _held(vals: np.ndarray) -> np.ndarray:

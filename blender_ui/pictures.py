@@ -179,14 +179,15 @@ def update(wm) -> bool:
     todo, wanted = [], set()
     names = [item.name for item in state.services if item.name in client.services]
     series = {name: service_series(name, rng) for name in names}
+    # Points inside the range, per service: the same for every size (counted once, not per size).
+    counts = {name: charts.enough(s.get("t") or [], s.get("p95_ms") or [], span) for name, s in series.items()}
     boxed = [item.name for item in charted(state, client)]  # a trend chart only where a box shows it
     for size, big in sorted(_sizes(wm, len(boxed))):
         # The time axis moves by one step every ~4 px of the picture.
         moved = int(now / max(1.0, seconds / max(1, size / 4)))
         if big:
             rows = [(view.label_of(n), s.get("t") or [], s.get("p95_ms") or [], s.get("success_rate") or [])
-                    for n, s in series.items()]
-            rows = [r for r in rows if charts.enough(r[1], r[2], span) >= MIN_POINTS]
+                    for n, s in series.items() if counts[n] >= MIN_POINTS]
             key = chart_key("history", "all", rng, size)
             wanted.add(key)
             _points[key] = len(rows)
@@ -200,8 +201,7 @@ def update(wm) -> bool:
             t = s.get("t") or []
             key = chart_key("trend", name, rng, size)
             wanted.add(key)
-            n = charts.enough(t, s.get("p95_ms") or [], span)
-            _points[key] = n
+            n = _points[key] = counts[name]
             sig = (moved, limit, len(t), t[-1] if t else None)
             if n >= MIN_POINTS and _signatures.get(key) != sig:
                 todo.append((key, sig, size, lambda s=s, t=t, size=size: charts.response_chart(

@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,3 +321,15 @@ def test_a_card_holds_every_text_of_both_panels_for_one_record():
     assert llm["configured"] and llm["active_model"] == "m" and llm["model_count"] == "2"
     assert llm["providers"] == (("anthropic: spend limit (spend limit)", True),)  # markup gone, trouble flagged
     assert llm["usage"] == "Tokens used: 30, cost $0.0100" and llm["usage_models"] == ("  a: 30 tokens, —, —",)
+
+
+def test_a_series_counts_only_its_finite_numbers_inside_the_range():
+    """The charts take a series as numpy floats: gaps (None), NaN, infinities, and values
+    that are not numbers (a string or a bool numpy would read as one) are no points."""
+    t = [100.0, 101.0, 102.0, 103.0, 104.0, 105.0, 106.0, 107, 300.0]
+    v = [1.0, None, float("nan"), float("inf"), "2", True, 3, 4.5, 9.0]
+    assert charts.enough(t, v, (100.0, 200.0)) == 3  # 100 -> 1.0, 106 -> 3, 107 -> 4.5
+    assert charts.enough(t, [1.0] * 9, (100.0, 200.0)) == 8  # 300 is outside
+    assert charts.enough(t[:3], v, (0.0, 1e9)) == 1  # the shorter of the two decides
+    cols = charts.columns(t, v, (100.0, 110.0), 10)
+    assert cols[0] == 1.0 and cols[6] == 3.0 and cols[7] == 4.5 and np.isnan(cols[[1, 2, 3, 4, 5, 8, 9]]).all()
