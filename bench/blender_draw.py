@@ -9,9 +9,10 @@ language models: five services; the bench runs the fakes as processes of their o
 Blender's process holds only the add-on, as an artist's does), opens the 3D Viewport's
 sidebar on the Movie Director tab and its Health Monitoring panel by clicking them
 (xdotool), waits until every service has a chart, and then records the natural redraws
-(the timer tags one whenever the status changes) until it has enough. Beside each full draw of the panels it records Blender's own
-time for that redraw of the sidebar: from the first panel's draw() to the region's
-POST_PIXEL callback (layout, the add-on's draw() and the GPU drawing of the region).
+(the timer tags one whenever the status changes) until it has enough. Beside each full
+draw of the panels it records Blender's own time for that redraw of the sidebar: from the
+first panel's draw() to the region's POST_PIXEL callback (layout, the add-on's draw() and
+the GPU drawing of the region).
 
     blender --factory-startup start.blend --python bench/blender_draw.py
     env: MD_BENCH_ROOT, MD_BENCH_OUT (JSON), MD_BENCH_REDRAWS, MD_BENCH_TIMEOUT

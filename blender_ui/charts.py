@@ -188,10 +188,7 @@ def _floats(seq: Sequence) -> np.ndarray:
     a string too, which numpy would take as one). A plain series, floats and gaps, numpy
     converts at C speed; only one with something odd in it is walked value by value."""
     if {type(v) for v in seq} <= _PLAIN:
-        try:
-            return np.asarray(seq, dtype=np.float64)  # None becomes NaN
-        except OverflowError:  # an int too large for a float
-            pass
+        return np.asarray(seq, dtype=np.float64)  # None becomes NaN
     return np.array([float(v) if _finite(v) else np.nan for v in seq], dtype=np.float64)
 
 

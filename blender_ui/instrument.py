@@ -6,8 +6,9 @@
   full redraw of a region (from its top panel to the next time the top panel draws) are
   one sample: the summed draw() time, the CPU time of Blender's main thread in those
   draws (wall time minus what the OS gave to other threads and processes meanwhile), when
-  that redraw began (perf_counter), and which panels drew. Samples are written, one line of milliseconds each, when the add-on is
-  disabled or Blender quits; the bench reads them in-process (`close`, `samples`).
+  that redraw began (perf_counter), and which panels drew. Samples are written, one line
+  of milliseconds each, when the add-on is disabled or Blender quits; the bench reads them
+  in-process (`close`, `samples`).
 """
 from __future__ import annotations
 
